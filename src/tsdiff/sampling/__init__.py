@@ -1,0 +1,20 @@
+"""Sampling: the DiffusionSampler, the denoiser contract and the solvers."""
+
+from tsdiff.sampling.denoiser import Denoiser, PredictionModel, as_diffusion_model
+from tsdiff.sampling.sampler import DiffusionSampler, SamplerStats
+from tsdiff.sampling.solvers import SOLVERS, ddim, ddpm, dpm_solver_pp, euler_maruyama, get_solver, pf_ode
+
+__all__ = [
+    "DiffusionSampler",
+    "SamplerStats",
+    "Denoiser",
+    "PredictionModel",
+    "as_diffusion_model",
+    "SOLVERS",
+    "get_solver",
+    "ddpm",
+    "ddim",
+    "dpm_solver_pp",
+    "euler_maruyama",
+    "pf_ode",
+]
