@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import tsdiff.data.csvio as csvio
 from tsdiff.data import (
     DataFormatError,
     EnergyDataModule,
@@ -73,7 +72,7 @@ def test_energy_shape_and_loader_batches():
 
 
 def test_altered_bundled_file_is_refused(monkeypatch):
-    monkeypatch.setitem(StocksDataModule.spec.fget(StocksDataModule()).bundled_files, "stock_data.csv", "0" * 64)
+    monkeypatch.setitem(SPECS["stocks"].bundled_files, "stock_data.csv", "0" * 64)
     with pytest.raises(DataFormatError, match="checksum"):
         StocksDataModule().setup()
 
@@ -123,11 +122,19 @@ def test_sliding_windows_positions():
     assert w.shape == (3, 4, 1) and w[:, 0, 0].tolist() == [0, 3, 6]
 
 
-def test_smooth_frequency_identity_for_narrow_kernel_and_lowpass():
+def test_smooth_frequency_matches_fdiff_packed_kernel():
+    # fdiff labels packed (real, imag) DFT coefficients by frequency; with a very narrow kernel the
+    # real and imaginary parts of each frequency are averaged while the mean (DC) is untouched.
     x = np.random.default_rng(0).normal(size=(2, 187, 1))
-    np.testing.assert_allclose(smooth_frequency(x, 1e-3), x, atol=1e-5)
-    y = smooth_frequency(x, 5.0)
-    assert y.shape == x.shape and np.abs(np.diff(y, axis=1)).mean() < np.abs(np.diff(x, axis=1)).mean()
+    y = smooth_frequency(x, 1e-3)
+    sx, sy = np.fft.rfft(x, axis=1), np.fft.rfft(y, axis=1)
+    np.testing.assert_allclose(sy[:, 0].real, sx[:, 0].real, atol=1e-4)
+    np.testing.assert_allclose(sy[:, 1:].real, sy[:, 1:].imag, atol=1e-4)
+    np.testing.assert_allclose(sy[:, 1:].real, (sx[:, 1:].real + sx[:, 1:].imag) / 2, atol=1e-4)
+    wide = smooth_frequency(x, 5.0)
+    assert wide.shape == x.shape and np.abs(np.diff(wide, axis=1)).mean() < np.abs(np.diff(x, axis=1)).mean()
+    with pytest.raises(ValueError, match="smoother_width"):
+        smooth_frequency(x, 0.0)
 
 
 def test_csv_nan_wrong_columns_and_text(tmp_path):

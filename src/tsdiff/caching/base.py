@@ -72,6 +72,9 @@ class CachePolicy:
 
     name = "base"
 
+    def __init__(self) -> None:
+        self._stats = CacheStats()
+
     def start(self, denoiser: Any, num_steps: int, batch_size: int) -> None:
         """Reset state before a sampling run of ``num_steps`` evaluations on ``batch_size`` samples."""
         self._stats = CacheStats()

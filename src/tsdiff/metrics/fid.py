@@ -46,6 +46,29 @@ def frechet_distance_from_embeddings(a, b) -> float:
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
+def context_fid_runs(
+    real,
+    fake,
+    seeds: list[int],
+    iterations: int | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+) -> list[float]:
+    """Context-FID for several seeds at once (one encoder per seed, trained side by side); see :func:`context_fid`."""
+    r, f = check_pair(real, fake, min_size=2)
+    if len(seeds) == 0:
+        raise ValueError("seeds must name at least one seed.")
+    dev = torch.device(device)
+    iters = default_ts2vec_iterations(r.size) if iterations is None else check_int(iterations, "iterations")
+    rt = torch.as_tensor(r, dtype=torch.float32, device=dev)
+    ft = torch.as_tensor(f, dtype=torch.float32, device=dev)
+    with seeded_torch(int(seeds[0]), dev):
+        model = train_ts2vec(rt, iters, [int(s) for s in seeds], batch_size=batch_size)
+        er = encode_full_series(model, rt).double().cpu().numpy()
+        ef = encode_full_series(model, ft).double().cpu().numpy()
+    return [frechet_distance_from_embeddings(er[i], ef[i]) for i in range(len(seeds))]
+
+
 def context_fid(
     real,
     fake,
@@ -58,16 +81,8 @@ def context_fid(
 
     A TS2Vec encoder is trained on the REAL windows only (``iterations`` defaults to TS2Vec's 200/600 rule,
     :func:`~tsdiff.metrics.ts2vec.default_ts2vec_iterations`), both sets are embedded (max-pool over
-    time, 320-d) and the Fréchet distance between the two embedding Gaussians is returned. The encoder is
-    retrained for every seed, so repeated runs capture the encoder's variance as Diffusion-TS does.
+    time, 320-d) and the Fréchet distance between Gaussians fitted to the two embedding sets is returned.
+    Diffusion-TS retrains the encoder for every repetition, so repeated runs include the encoder's
+    variance; :func:`context_fid_runs` does that for several seeds in one pass.
     """
-    r, f = check_pair(real, fake, min_size=2)
-    dev = torch.device(device)
-    iters = default_ts2vec_iterations(r.size) if iterations is None else check_int(iterations, "iterations")
-    rt = torch.as_tensor(r, dtype=torch.float32, device=dev)
-    ft = torch.as_tensor(f, dtype=torch.float32, device=dev)
-    with seeded_torch(seed, dev):
-        model = train_ts2vec(rt, iters, seed, batch_size=batch_size)
-        er = encode_full_series(model, rt).double().cpu().numpy()
-        ef = encode_full_series(model, ft).double().cpu().numpy()
-    return frechet_distance_from_embeddings(er, ef)
+    return context_fid_runs(real, fake, [seed], iterations, batch_size, device)[0]

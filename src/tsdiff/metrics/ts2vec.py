@@ -6,21 +6,31 @@ per-time-step representation with
 * a linear input projection, random *timestamp masking* of the projected input during training
   (each step kept with probability 1/2),
 * a stack of residual blocks of two dilated 1-D convolutions (kernel 3, dilation 2**i, GELU before each
-  convolution, a 1x1 projection on the residual path when the width changes), ending in 320 channels,
+  convolution, a 1x1 projection on the residual path of the last block), ending in 320 channels, then
+  dropout 0.1,
 * a *hierarchical contrastive loss*: two overlapping random crops of the same series are encoded; on
-  their common part, the representation of a step must be closer to its twin in the other view than to
-  (a) the other series of the batch at that step (instance loss) and (b) the other steps of the same
-  series (temporal loss); both terms are applied again after each max-pooling by 2 along time.
+  their common part the representation of a step must be closer to its twin in the other view than to
+  (a) the other series of the batch at that step (instance term) and (b) the other steps of the same
+  series (temporal term); both terms are applied again after each max-pooling by 2 along time.
 
-Context-FID (Jeha et al., "PSA-GAN", ICLR 2022) replaces the image-FID Inception network with such an
-encoder trained on the real data, because a feature map that knows the temporal context scores
-generated *sequences* rather than unordered values. The settings mirror TS2Vec's defaults used by
-Diffusion-TS: width 64, depth 10, output 320, batch 8, AdamW lr 1e-3, an equal-weight running average of
-the weights (stochastic weight averaging) used for encoding, and 200 iterations (600 when the training set
-holds more than 100,000 numbers).
+Context-FID (Jeha et al., "PSA-GAN", ICLR 2022) uses such an encoder, trained on the real data, in place of
+the Inception network of image FID, because a feature map that knows temporal context scores generated
+*sequences* rather than unordered values. Settings mirror the TS2Vec defaults Diffusion-TS uses: width 64,
+depth 10, output 320, batch 8, AdamW with lr 1e-3, encoding with an equal-weight running average of the
+weights (stochastic weight averaging), 200 iterations (600 when the training set holds more than 100,000
+numbers).
+
+Speed: on CPU, TS2Vec's cost is per-operation overhead, not arithmetic. So (1) convolutions are written
+as one matrix product over three shifted copies of the input, and taps whose dilation reaches past the
+window (only zero padding) are skipped, which leaves the result unchanged; (2) ``num_models`` independent
+encoders (one per evaluation run) are trained side by side in the same tensor operations, each with its
+own initialisation, batches, crop offsets, masks and dropout; they share only the crop *lengths* drawn at
+each iteration (so one forward pass serves all runs).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -28,76 +38,109 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class _DilatedBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, dilation: int, project: bool) -> None:
+def _uniform(gen: torch.Generator, shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+    """PyTorch's default layer initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+
+
+class StackedTS2VecEncoder(nn.Module):
+    """``R`` independent TS2Vec encoders evaluated together.
+
+    Input ``(R, B, T, C)``, output ``(R, B, T, output_dims)``. Parameters of model ``r`` are drawn from
+    ``torch.Generator().manual_seed(seeds[r])``.
+    """
+
+    def __init__(self, input_dims: int, seeds: list[int], output_dims: int = 320, hidden_dims: int = 64,
+                 depth: int = 10, dropout: float = 0.1) -> None:
         super().__init__()
-        # kernel 3 with padding = dilation keeps the length ("same" convolution).
-        self.conv1 = nn.Conv1d(c_in, c_out, 3, padding=dilation, dilation=dilation)
-        self.conv2 = nn.Conv1d(c_out, c_out, 3, padding=dilation, dilation=dilation)
-        self.skip = nn.Conv1d(c_in, c_out, 1) if (project or c_in != c_out) else None
+        self.num_models = len(seeds)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        res = x if self.skip is None else self.skip(x)
-        x = self.conv2(F.gelu(self.conv1(F.gelu(x))))
-        return x + res
+        def param(shape, fan_in):
+            return nn.Parameter(torch.stack([_uniform(g, shape, fan_in) for g in gens]))
 
-
-class TS2VecEncoder(nn.Module):
-    """Maps ``(batch, length, channels)`` to per-step representations ``(batch, length, output_dims)``."""
-
-    def __init__(self, input_dims: int, output_dims: int = 320, hidden_dims: int = 64, depth: int = 10,
-                 dropout: float = 0.1) -> None:
-        super().__init__()
-        self.input_fc = nn.Linear(input_dims, hidden_dims)
+        self.in_w = param((hidden_dims, input_dims), input_dims)
+        self.in_b = param((hidden_dims, 1), input_dims)
         widths = [hidden_dims] * depth + [output_dims]
-        blocks = []
+        self.conv_w = nn.ParameterList()
+        self.conv_b = nn.ParameterList()
+        self.dilations = []
         c_in = hidden_dims
         for i, c_out in enumerate(widths):
-            blocks.append(_DilatedBlock(c_in, c_out, dilation=2**i, project=(i == len(widths) - 1)))
+            for cin in (c_in, c_out):  # two convolutions per block
+                self.conv_w.append(param((c_out, 3 * cin), 3 * cin))  # taps (left, centre, right) x cin
+                self.conv_b.append(param((c_out, 1), 3 * cin))
+            self.dilations.append(2**i)
             c_in = c_out
-        self.blocks = nn.Sequential(*blocks)
-        self.dropout = nn.Dropout(dropout)
+        self.skip_w = param((output_dims, hidden_dims), hidden_dims)
+        self.skip_b = param((output_dims, 1), hidden_dims)
+        self.dropout = dropout
+
+    @staticmethod
+    def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor:
+        """Kernel-3 "same" dilated convolution of ``x`` ``(R, B, Cin, T)`` with ``w`` ``(R, Cout, 3 Cin)``."""
+        t = x.shape[-1]
+        cin = x.shape[-2]
+        if d >= t:  # outer taps see only zero padding
+            return w[:, None, :, cin : 2 * cin] @ x + b[:, None]
+        xp = F.pad(x, (d, d))
+        cols = torch.cat([xp[..., :t], xp[..., d : d + t], xp[..., 2 * d : 2 * d + t]], dim=-2)
+        return w[:, None] @ cols + b[:, None]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.input_fc(x)
+        h = self.in_w[:, None] @ x.transpose(-1, -2) + self.in_b[:, None]  # (R, B, H, T)
         if mask is not None:
-            h = h * mask.unsqueeze(-1).to(h.dtype)
-        h = self.blocks(h.transpose(1, 2))
-        return self.dropout(h).transpose(1, 2)
+            h = h * mask[:, :, None, :].to(h.dtype)
+        last = len(self.dilations) - 1
+        for i, d in enumerate(self.dilations):
+            res = h if i < last else self.skip_w[:, None] @ h + self.skip_b[:, None]
+            h = self._conv(F.gelu(h), self.conv_w[2 * i], self.conv_b[2 * i], d)
+            h = self._conv(F.gelu(h), self.conv_w[2 * i + 1], self.conv_b[2 * i + 1], d) + res
+        h = F.dropout(h, self.dropout, self.training)
+        return h.transpose(-1, -2)
 
 
 def _contrast(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """InfoNCE over the middle axis: ``z`` is ``(G, K, D)``; item k of view 1 must pick item k of view 2.
+    """InfoNCE over axis -2 of ``(G, K, D)`` views: item k of view 1 must pick item k of view 2.
 
-    For each group g the 2K items of both views are compared by dot product; each item's positive is its
-    twin in the other view and its negatives are the other 2K - 2 items (itself excluded).
+    For each group the 2K items of both views are compared by dot product; an item's positive is its twin
+    in the other view and its negatives are the other 2K - 2 items (itself excluded).
     """
-    k = z1.shape[1]
+    k = z1.shape[-2]
     if k == 1:
         return z1.new_zeros(())
-    z = torch.cat([z1, z2], dim=1)  # (G, 2K, D)
-    sim = z @ z.transpose(1, 2)
+    z = torch.cat([z1, z2], dim=-2)
+    sim = z @ z.transpose(-1, -2)
     eye = torch.eye(2 * k, dtype=torch.bool, device=z.device)
-    sim = sim.masked_fill(eye, float("-inf"))
+    logp = F.log_softmax(sim.masked_fill(eye, float("-inf")), dim=-1)
     target = torch.cat([torch.arange(k, 2 * k), torch.arange(0, k)]).to(z.device)
-    logp = F.log_softmax(sim, dim=-1)
-    return -logp.gather(-1, target.expand(sim.shape[0], -1).unsqueeze(-1)).mean()
+    return -logp.gather(-1, target.expand(*sim.shape[:-1]).unsqueeze(-1)).mean()
 
 
 def hierarchical_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """TS2Vec's loss on two aligned views ``(B, T, D)``: instance + temporal InfoNCE at every time scale."""
+    """TS2Vec's loss for two aligned views ``(R, B, T, D)``, summed over the ``R`` models.
+
+    Instance term: per model and step, contrast across the batch; temporal term: per model and series,
+    contrast across steps; repeated after each max-pool by 2 in time, averaged over the levels.
+    """
+    r = z1.shape[0]
     loss = z1.new_zeros(())
     levels = 0
-    while z1.shape[1] > 1:
-        loss = loss + alpha * _contrast(z1.transpose(0, 1), z2.transpose(0, 1))  # instance: per step, across batch
-        loss = loss + (1 - alpha) * _contrast(z1, z2)  # temporal: per series, across steps
+
+    def pool(z):
+        rr, b, t, d = z.shape
+        return F.max_pool1d(z.reshape(rr * b, t, d).transpose(1, 2), 2).transpose(1, 2).reshape(rr, b, -1, d)
+
+    while z1.shape[2] > 1:
+        loss = loss + alpha * _contrast(z1.transpose(1, 2).flatten(0, 1), z2.transpose(1, 2).flatten(0, 1))
+        loss = loss + (1 - alpha) * _contrast(z1.flatten(0, 1), z2.flatten(0, 1))
         levels += 1
-        z1 = F.max_pool1d(z1.transpose(1, 2), kernel_size=2).transpose(1, 2)
-        z2 = F.max_pool1d(z2.transpose(1, 2), kernel_size=2).transpose(1, 2)
-    if z1.shape[1] == 1:
-        loss = loss + alpha * _contrast(z1.transpose(0, 1), z2.transpose(0, 1))
+        z1, z2 = pool(z1), pool(z2)
+    if z1.shape[2] == 1:
+        loss = loss + alpha * _contrast(z1.transpose(1, 2).flatten(0, 1), z2.transpose(1, 2).flatten(0, 1))
         levels += 1
-    return loss / levels
+    return loss / levels * r  # means over R models -> sum, so each model's gradient is its own loss's
 
 
 def default_ts2vec_iterations(data_size: int) -> int:
@@ -108,62 +151,72 @@ def default_ts2vec_iterations(data_size: int) -> int:
 def train_ts2vec(
     data: torch.Tensor,
     iterations: int,
-    seed: int,
+    seeds: list[int],
     batch_size: int = 8,
     lr: float = 1e-3,
     output_dims: int = 320,
     hidden_dims: int = 64,
     depth: int = 10,
-) -> nn.Module:
-    """Train a :class:`TS2VecEncoder` on ``data`` ``(N, T, C)`` and return its weight-averaged copy (eval mode).
+) -> StackedTS2VecEncoder:
+    """Train ``len(seeds)`` TS2Vec encoders on ``data`` ``(N, T, C)``; return their weight averages (eval mode).
 
-    Each iteration draws a batch, one crop geometry for the batch and a random offset per series (TS2Vec's
-    overlapping crops), masks timestamps of both views, and minimises the hierarchical contrastive loss on the
-    overlap. All randomness comes from ``seed`` (a NumPy generator for crops and batches, a torch generator
-    for masks, and a forked global torch state for weight initialisation and dropout).
+    Per iteration: one crop geometry (TS2Vec's overlapping crops: a common segment of length ``crop_l`` and
+    extended views on both sides) shared by all models; per model a batch of ``batch_size`` series, a random
+    offset per series, and Bernoulli(1/2) timestamp masks for both views. Call inside
+    :func:`~tsdiff.metrics._checks.seeded_torch` so dropout is reproducible.
     """
     n, t, c = data.shape
     device = data.device
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    enc = TS2VecEncoder(c, output_dims, hidden_dims, depth).to(device)
-    avg = torch.optim.swa_utils.AveragedModel(enc)
+    r = len(seeds)
+    rngs = [np.random.default_rng(s) for s in seeds]
+    geo = np.random.default_rng([int(s) for s in seeds] + [7919])
+    gen = torch.Generator().manual_seed(int(seeds[0]) * 1_000_003 + r)
+    enc = StackedTS2VecEncoder(c, seeds, output_dims, hidden_dims, depth).to(device)
+    avg = [p.detach().clone() for p in enc.parameters()]
     opt = torch.optim.AdamW(enc.parameters(), lr=lr)
     enc.train()
-    order = rng.permutation(n)
-    pos = 0
     bs = min(batch_size, n)
-    for _ in range(iterations):
+    orders = [g.permutation(n) for g in rngs]
+    pos = 0
+    for it in range(iterations):
         if pos + bs > n:
-            order, pos = rng.permutation(n), 0
-        x = data[torch.as_tensor(order[pos : pos + bs], device=device)]
-        pos += bs
-        crop_l = int(rng.integers(2, t + 1))
-        left = int(rng.integers(0, t - crop_l + 1))
+            orders, pos = [g.permutation(n) for g in rngs], 0
+        crop_l = int(geo.integers(2, t + 1))
+        left = int(geo.integers(0, t - crop_l + 1))
         right = left + crop_l
-        eleft = int(rng.integers(0, left + 1))
-        eright = int(rng.integers(right, t + 1))
-        offset = rng.integers(-eleft, t - eright + 1, size=bs)
-        idx1 = torch.as_tensor(offset[:, None] + np.arange(eleft, right)[None], device=device)
-        idx2 = torch.as_tensor(offset[:, None] + np.arange(left, eright)[None], device=device)
-        rows = torch.arange(bs, device=device)[:, None]
-        v1, v2 = x[rows, idx1], x[rows, idx2]
-        m1 = (torch.rand(v1.shape[:2], generator=gen) < 0.5).to(device)
-        m2 = (torch.rand(v2.shape[:2], generator=gen) < 0.5).to(device)
-        z1 = enc(v1, m1)[:, -crop_l:]
-        z2 = enc(v2, m2)[:, :crop_l]
+        eleft = int(geo.integers(0, left + 1))
+        eright = int(geo.integers(right, t + 1))
+        idx_b = np.stack([o[pos : pos + bs] for o in orders])  # (R, bs)
+        offset = np.stack([g.integers(-eleft, t - eright + 1, size=bs) for g in rngs])[..., None]
+        pos += bs
+        t1 = offset + np.arange(eleft, right)  # (R, bs, len1)
+        t2 = offset + np.arange(left, eright)
+        b_idx = torch.as_tensor(idx_b[..., None], device=device)
+        v1 = data[b_idx, torch.as_tensor(t1, device=device)]  # (R, bs, len1, C)
+        v2 = data[b_idx, torch.as_tensor(t2, device=device)]
+        m1 = (torch.rand(v1.shape[:3], generator=gen) < 0.5).to(device)
+        m2 = (torch.rand(v2.shape[:3], generator=gen) < 0.5).to(device)
+        z1 = enc(v1, m1)[:, :, -crop_l:]
+        z2 = enc(v2, m2)[:, :, :crop_l]
         loss = hierarchical_contrastive_loss(z1, z2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        avg.update_parameters(enc)
-    model = avg.module
-    model.eval()
-    return model
+        with torch.no_grad():  # equal-weight running mean of the weights (SWA)
+            torch._foreach_lerp_(avg, [p.detach() for p in enc.parameters()], 1.0 / (it + 1))
+    with torch.no_grad():
+        for p, a in zip(enc.parameters(), avg):
+            p.copy_(a)
+    enc.eval()
+    return enc
 
 
 @torch.no_grad()
-def encode_full_series(model: nn.Module, data: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """One vector per window: the per-step representations max-pooled over the whole window ``(N, D)``."""
-    out = [model(data[i : i + batch_size]).amax(dim=1) for i in range(0, data.shape[0], batch_size)]
-    return torch.cat(out)
+def encode_full_series(model: StackedTS2VecEncoder, data: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Embeddings ``(R, N, D)``: each model's per-step representations max-pooled over the whole window."""
+    out = []
+    r = model.num_models
+    for i in range(0, data.shape[0], batch_size):
+        x = data[i : i + batch_size]
+        out.append(model(x.unsqueeze(0).expand(r, -1, -1, -1)).amax(dim=2))
+    return torch.cat(out, dim=1)

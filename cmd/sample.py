@@ -1,0 +1,16 @@
+"""Hydra entry point: `python cmd/sample.py [overrides]` -> :func:`tsdiff.tasks.sample.run`."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="../conf", config_name="sample", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from tsdiff.tasks.sample import run
+    from tsdiff.tasks.cli import run_task
+
+    run_task(run, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""``python cmd/benchmark_cache.py model_id=<run_id|latest>``: is E2-CRF caching really faster, and is it
+worth it compared with simply taking fewer steps?
+
+What it measures (all in one process, on the run's model):
+
+1. **Speed-up per batch size** (``batch_sizes``): one chunk of ``B`` samples with ``num_diffusion_steps``
+   steps, uncached and cached, after ``warmup`` runs of each; the two are then run alternately
+   ``repeats`` times (order swapped every repeat) and the medians compared. Alternating in one process
+   makes both sides see the same machine load, which matters on a shared CPU.
+2. **Quality** per batch size: ``num_samples`` samples cached and uncached from the same seed (hence the
+   same noise: the cache draws from its own generator): sliced Wasserstein distance (SWD) of each to the
+   test windows, and the per-sample relative L2 distance ``|x_cached - x_uncached| / |x_uncached|``.
+   ``num_seeds`` uncached runs with different seeds give the seed-to-seed spread of SWD that the cached
+   SWD is judged against (``within_spread``: at most the uncached mean + 2 std).
+3. **Parameter sweeps** of the seed README (``sweeps``: each E2-CRF parameter varied around
+   ``cache_kwargs``) at the largest batch size: time, speed-up, SWD, relative L2, fraction recomputed.
+4. **Pareto comparison at matched wall time** (largest batch size): the same sampler with fewer steps
+   (``fewer_steps``), DPM-Solver++ and the probability-flow ODE with few steps (``competitors``), and the
+   E2-CRF points -- SWD against time per sample, so a user sees curves, not one point.
+   ``beats_fewer_steps`` says whether the E2-CRF default lies below the fewer-steps curve (linear
+   interpolation in time) at its own wall time.
+5. **Token scaling** (``token_scaling``): per-forward speed-up of the token path over a full forward for
+   random-weight networks of the run's width at several sequence lengths, batch sizes and recompute
+   fractions -- which sequence length the token path needs to pay.
+
+Results go to ``results_path`` (default ``<run>/benchmarks/<id>/results.json``) and a plot to ``plot_path``.
+Timings on a machine shared with other processes are noisy; the JSON keeps every repeat.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tsdiff.runs import atomic_write_json, new_child_dir, resolve_run_dir
+from tsdiff.tasks.common import format_table, load_run_model
+from tsdiff.utils import resolve_device
+
+
+# ---------------------------------------------------------------------- shared helpers (also used by ablation)
+def container(value: Any) -> Any:
+    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def check_common(cfg: DictConfig) -> None:
+    """Clear errors for the shared benchmark options."""
+    for key in ("num_samples", "num_diffusion_steps", "repeats"):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r} (e.g. {key}=3)")
+    if not isinstance(cfg.get("warmup"), int) or cfg.warmup < 0:
+        raise ValueError(f"warmup must be a non-negative integer, got {cfg.get('warmup')!r}")
+
+
+def load_model_and_data(cfg: DictConfig):
+    """The run's model (on the configured device) and its test / train windows."""
+    from hydra.utils import instantiate
+
+    run_dir = resolve_run_dir(cfg.model_id, cfg.runs_dir)
+    device = resolve_device(cfg.get("device", "auto"))
+    model, train_cfg, _ = load_run_model(run_dir, device)
+    if cfg.get("data_root") is not None:
+        train_cfg.data_root = cfg.data_root
+    dm = instantiate(train_cfg.datamodule)
+    dm.prepare_data()
+    dm.setup("test")
+    return run_dir, device, model, dm.train_array("test"), dm.train_array("train")
+
+
+def make_sampler(model, device, batch: int, cache_kwargs: dict | None, solver: str = "auto"):
+    from tsdiff.sampling import DiffusionSampler
+
+    return DiffusionSampler(
+        model, sample_batch_size=batch, solver=solver, use_cache=cache_kwargs is not None,
+        cache_kwargs=dict(cache_kwargs) if cache_kwargs else None, device=device, progress=False,
+    )
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, dict[str, Any]]:
+    """Median wall time of each function: ``warmup`` untimed calls each, then ``repeats`` rounds in which
+    every function runs once (order reversed every other round), timed with ``perf_counter``."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {n: {"median_s": statistics.median(v), "times_s": v} for n, v in times.items()}
+
+
+def swd(real: np.ndarray, fake: np.ndarray, cfg: DictConfig) -> float:
+    from tsdiff.metrics.wasserstein import sliced_wasserstein
+
+    return float(sliced_wasserstein(real, fake, num_directions=int(cfg.num_directions), seed=int(cfg.seed)))
+
+
+def rel_l2(fake: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """Per-sample relative L2 distance of ``fake`` to ``ref`` (mean, median, max over samples)."""
+    d = (fake - ref).flatten(1).norm(dim=1) / (ref.flatten(1).norm(dim=1) + 1e-12)
+    return {"mean": float(d.mean()), "median": float(d.median()), "max": float(d.max())}
+
+
+def quality_run(model, device, batch: int, cache_kwargs, cfg, real, seed: int, steps: int | None = None, solver: str = "auto"):
+    """``num_samples`` samples (chunks of ``batch``) with their stats; finite-checked."""
+    sampler = make_sampler(model, device, batch, cache_kwargs, solver)
+    x, stats = sampler.sample(int(cfg.num_samples), steps or int(cfg.num_diffusion_steps), seed=seed, return_stats=True)
+    x = x.float().cpu()
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(
+            f"sampling produced NaN/inf (cache={cache_kwargs}, solver={solver}, steps={steps}); "
+            "the cache thresholds are too loose for this model: lower tau_0 or R"
+        )
+    return x, stats
+
+
+def write_outputs(cfg: DictConfig, run_dir: Path, kind: str, result: dict[str, Any]) -> tuple[Path, Path]:
+    out_dir = None
+    results_path = cfg.get("results_path")
+    if not results_path:
+        out_dir = new_child_dir(run_dir / "benchmarks", prefix=f"{kind}-")
+        results_path = out_dir / "results.json"
+    results_path = Path(results_path)
+    plot_path = cfg.get("plot_path") or results_path.with_suffix(".png")
+    atomic_write_json(results_path, result)
+    return results_path, Path(plot_path)
+
+
+def _env() -> dict[str, Any]:
+    return {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
+
+
+# ---------------------------------------------------------------------- token scaling
+def token_scaling(model, device, lengths, batches, fractions, repeats: int, seed: int) -> list[dict[str, Any]]:
+    """Per-forward time of a full forward vs the token path recomputing a fraction of the tokens, for
+    random-weight transformers shaped like ``model``'s at other sequence lengths (weights do not
+    change the cost)."""
+    from tsdiff.caching.e2crf import E2CRFCache
+    from tsdiff.nets.score_nets import TransformerScoreNet
+
+    net0 = model.score_network
+    if not isinstance(net0, TransformerScoreNet):
+        return []
+    layer0 = net0.layers[0]
+    rows = []
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for length in lengths:
+        torch.manual_seed(seed)
+        net = TransformerScoreNet(
+            net0.n_channels, int(length), d_model=net0.d_model, num_layers=len(net0.layers),
+            num_heads=layer0.num_heads, dim_feedforward=layer0.ff1.out_features,
+        ).to(device).eval()
+        for batch in batches:
+            x = torch.randn(batch, int(length), net0.n_channels, generator=gen, device=device)
+            t = torch.full((batch,), 0.5, device=device)
+            cache = E2CRFCache(mode="token")
+            cache._net = net  # a bare network: drive the token path directly
+            with torch.inference_mode():
+                h0 = net.embed_tokens(x, t)
+                cache._full_rows(h0, None, False)
+                cache._h0_ref = h0.clone()
+                fns: dict[str, Callable[[], Any]] = {"full": lambda: net(x, t)}
+                for frac in fractions:
+                    n = max(1, int(round(frac * length)))
+                    sel = torch.zeros(batch, int(length), dtype=torch.bool, device=device)
+                    sel[:, torch.randperm(int(length), generator=torch.Generator().manual_seed(seed))[:n].to(device)] = True
+
+                    def partial(n=n, sel=sel):
+                        h = net.embed_tokens(x, t)
+                        return cache._partial_rows(h, sel, None, n)
+
+                    fns[f"frac={frac}"] = partial
+                med = interleaved_medians(fns, repeats, 1)
+            for frac in fractions:
+                rows.append({
+                    "length": int(length), "batch": int(batch), "fraction": float(frac),
+                    "full_ms": 1e3 * med["full"]["median_s"], "token_ms": 1e3 * med[f"frac={frac}"]["median_s"],
+                    "speedup": med["full"]["median_s"] / med[f"frac={frac}"]["median_s"],
+                })
+    return rows
+
+
+# ---------------------------------------------------------------------- main
+def run(cfg: DictConfig) -> dict[str, Any]:
+    check_common(cfg)
+    batch_sizes = [int(b) for b in container(cfg.batch_sizes)]
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be a non-empty list of positive integers, got {batch_sizes} (e.g. batch_sizes=[1,16,64])")
+    cache_kwargs = dict(container(cfg.cache_kwargs) or {})
+    from tsdiff.caching.e2crf import E2CRFCache
+
+    E2CRFCache(**cache_kwargs)  # validate the parameters before any work
+    steps = int(cfg.num_diffusion_steps)
+    run_dir, device, model, real, _ = load_model_and_data(cfg)
+    torch.manual_seed(int(cfg.seed))
+    seed = int(cfg.seed)
+    result: dict[str, Any] = {
+        "run_id": run_dir.name, "num_samples": int(cfg.num_samples), "num_diffusion_steps": steps,
+        "cache_kwargs": cache_kwargs, "sample_shape": list(model.sample_shape), "env": _env(),
+        "repeats": int(cfg.repeats), "warmup": int(cfg.warmup),
+    }
+
+    # seed-to-seed spread of uncached SWD (largest batch size)
+    big = max(batch_sizes)
+    seed_swd = []
+    for k in range(int(cfg.num_seeds)):
+        x, _ = quality_run(model, device, big, None, cfg, real, seed + 1000 * (k + 1))
+        seed_swd.append(swd(real, x.numpy(), cfg))
+    spread = {
+        "swd": seed_swd,
+        "mean": float(np.mean(seed_swd)) if seed_swd else float("nan"),
+        "std": float(np.std(seed_swd, ddof=1)) if len(seed_swd) > 1 else 0.0,
+    }
+    limit = spread["mean"] + 2 * spread["std"] if seed_swd else float("inf")
+    result["uncached_seed_spread"] = spread
+
+    # 1 + 2: speed-up and quality per batch size
+    table = []
+    for batch in batch_sizes:
+        base_s = make_sampler(model, device, batch, None)
+        cache_s = make_sampler(model, device, batch, cache_kwargs)
+        med = interleaved_medians(
+            {"baseline": lambda: base_s.sample(batch, steps, seed=seed),
+             "cached": lambda: cache_s.sample(batch, steps, seed=seed)},
+            int(cfg.repeats), int(cfg.warmup),
+        )
+        xb, _ = quality_run(model, device, batch, None, cfg, real, seed)
+        xc, cstats = quality_run(model, device, batch, cache_kwargs, cfg, real, seed)
+        c = cstats.cache
+        row = {
+            "batch": batch,
+            "baseline_s": med["baseline"]["median_s"], "cached_s": med["cached"]["median_s"],
+            "speedup": med["baseline"]["median_s"] / med["cached"]["median_s"],
+            "swd_baseline": swd(real, xb.numpy(), cfg), "swd_cached": swd(real, xc.numpy(), cfg),
+            "rel_l2": rel_l2(xc, xb)["mean"], "rel_l2_max": rel_l2(xc, xb)["max"],
+            "fraction_recomputed": c["fraction_recomputed"], "hit_ratio": c["hit_ratio"],
+            "full_steps": c["full_steps"], "partial_steps": c["partial_steps"],
+            "effective_nfe": c["effective_network_calls"], "cache_bytes": c["cache_bytes"],
+            "path": c["extra"].get("path"),
+            "times_baseline_s": med["baseline"]["times_s"], "times_cached_s": med["cached"]["times_s"],
+        }
+        row["within_spread"] = bool(row["swd_cached"] <= limit)
+        table.append(row)
+        print(f"batch {batch}: baseline {row['baseline_s']:.3f} s, cached {row['cached_s']:.3f} s, "
+              f"speed-up {row['speedup']:.2f}x ({row['path']} path), SWD {row['swd_baseline']:.4f} -> {row['swd_cached']:.4f}, "
+              f"rel L2 {row['rel_l2']:.4f}, recomputed {row['fraction_recomputed']:.3f}", flush=True)
+    result["by_batch"] = table
+
+    # 3: parameter sweeps at the largest batch size
+    sweeps = []
+    base_big = make_sampler(model, device, big, None)
+    xb_big, _ = quality_run(model, device, big, None, cfg, real, seed)
+    for param, values in (container(cfg.sweeps) or {}).items():
+        for value in values:
+            kw = {**cache_kwargs, param: value}
+            sweeps.append({"param": param, "value": value, **_point(model, device, big, kw, cfg, real, seed, steps, base_big, xb_big)})
+    result["sweeps"] = sweeps
+
+    # 4: Pareto comparison at matched wall time (largest batch size)
+    pareto = []
+    per_sample = lambda s: s / big  # noqa: E731
+    default_row = next(r for r in table if r["batch"] == big)
+    pareto.append({"method": "uncached", "steps": steps, "time_per_sample_s": per_sample(default_row["baseline_s"]), "swd": default_row["swd_baseline"]})
+    pareto.append({"method": "e2crf", "steps": steps, "time_per_sample_s": per_sample(default_row["cached_s"]), "swd": default_row["swd_cached"], "cache_kwargs": cache_kwargs})
+    for s in sweeps:
+        pareto.append({"method": "e2crf-sweep", "steps": steps, "time_per_sample_s": per_sample(s["cached_s"]), "swd": s["swd"], "param": s["param"], "value": s["value"]})
+    matched = max(2, int(round(steps / max(default_row["speedup"], 1e-9))))
+    fewer = sorted({*(int(v) for v in container(cfg.fewer_steps)), matched})
+    comps = [("fewer-steps", "auto", n) for n in fewer if n < steps]
+    for solver, ns in (container(cfg.competitors) or {}).items():
+        comps += [(solver, solver, int(n)) for n in ns]
+    for method, solver, n in comps:
+        s_ = make_sampler(model, device, big, None, solver)
+        med = interleaved_medians({"m": lambda: s_.sample(big, n, seed=seed)}, int(cfg.repeats), min(int(cfg.warmup), 1))
+        x, _ = quality_run(model, device, big, None, cfg, real, seed, steps=n, solver=solver)
+        pareto.append({"method": method, "solver": solver, "steps": n, "time_per_sample_s": per_sample(med["m"]["median_s"]), "swd": swd(real, x.numpy(), cfg)})
+    result["pareto"] = pareto
+    result["beats_fewer_steps"] = _beats_curve(pareto, "fewer-steps", default_row, big)
+
+    # 5: token scaling
+    ts = container(cfg.token_scaling) or {}
+    result["token_scaling"] = token_scaling(
+        model, device, ts.get("lengths", []), ts.get("batches", []), ts.get("fractions", []), int(ts.get("repeats", 5)), seed,
+    ) if ts.get("lengths") else []
+
+    results_path, plot_path = write_outputs(cfg, run_dir, "cache", result)
+    _plot(result, plot_path)
+    _print_report(result, limit)
+    print(f"results: {results_path}\nplot: {plot_path}", flush=True)
+    result["results_path"], result["plot_path"] = str(results_path), str(plot_path)
+    return result
+
+
+def _point(model, device, batch, kw, cfg, real, seed, steps, base_sampler, xb) -> dict[str, Any]:
+    s = make_sampler(model, device, batch, kw)
+    med = interleaved_medians(
+        {"baseline": lambda: base_sampler.sample(batch, steps, seed=seed), "cached": lambda: s.sample(batch, steps, seed=seed)},
+        int(cfg.get("sweep_repeats", cfg.repeats)), min(int(cfg.warmup), 1),
+    )
+    x, st = quality_run(model, device, batch, kw, cfg, real, seed)
+    return {
+        "baseline_s": med["baseline"]["median_s"], "cached_s": med["cached"]["median_s"],
+        "speedup": med["baseline"]["median_s"] / med["cached"]["median_s"], "swd": swd(real, x.numpy(), cfg),
+        "rel_l2": rel_l2(x, xb)["mean"], "fraction_recomputed": st.cache["fraction_recomputed"],
+        "full_steps": st.cache["full_steps"], "path": st.cache["extra"].get("path"),
+    }
+
+
+def _beats_curve(pareto, method, row, big) -> dict[str, Any]:
+    """Is the E2-CRF point below the ``method`` curve (linear in time per sample) at its own time?"""
+    pts = sorted((p["time_per_sample_s"], p["swd"]) for p in pareto if p["method"] in (method, "uncached"))
+    t = row["cached_s"] / big
+    if len(pts) < 2:
+        return {"answer": None, "reason": "too few fewer-steps points"}
+    if t <= pts[0][0]:
+        ref = pts[0][1]
+        note = "E2-CRF is faster than the fastest fewer-steps point; compared with that point"
+    elif t >= pts[-1][0]:
+        ref = pts[-1][1]
+        note = "E2-CRF is slower than every fewer-steps point"
+    else:
+        for (t0, s0), (t1, s1) in zip(pts, pts[1:]):
+            if t0 <= t <= t1:
+                ref = s0 + (s1 - s0) * (t - t0) / max(t1 - t0, 1e-12)
+                break
+        note = "interpolated"
+    return {"answer": bool(row["swd_cached"] < ref), "e2crf_swd": row["swd_cached"], "fewer_steps_swd_at_same_time": ref, "note": note}
+
+
+def _print_report(result: dict[str, Any], limit: float) -> None:
+    print("\n== E2-CRF vs uncached (medians over repeats; speed-up = baseline / cached) ==")
+    print(format_table(result["by_batch"], ["batch", "path", "baseline_s", "cached_s", "speedup", "swd_baseline", "swd_cached",
+                                            "within_spread", "rel_l2", "fraction_recomputed", "hit_ratio", "full_steps", "effective_nfe", "cache_bytes"]))
+    sp = result["uncached_seed_spread"]
+    print(f"uncached SWD over seeds: {', '.join(f'{v:.4f}' for v in sp['swd'])} (mean {sp['mean']:.4f}, std {sp['std']:.4f}; limit {limit:.4f})")
+    if result["sweeps"]:
+        print("\n== parameter sweeps (largest batch) ==")
+        print(format_table(result["sweeps"], ["param", "value", "path", "speedup", "swd", "rel_l2", "fraction_recomputed", "full_steps"]))
+    print("\n== speed vs quality at matched time (largest batch; time per sample) ==")
+    print(format_table(sorted(result["pareto"], key=lambda p: p["time_per_sample_s"]), ["method", "steps", "time_per_sample_s", "swd"]))
+    b = result["beats_fewer_steps"]
+    if b.get("answer") is not None:
+        verdict = "YES" if b["answer"] else "NO"
+        print(f"E2-CRF beats fewer steps at equal time: {verdict} (E2-CRF SWD {b['e2crf_swd']:.4f} vs "
+              f"fewer-steps {b['fewer_steps_swd_at_same_time']:.4f}; {b['note']})")
+    if result["token_scaling"]:
+        print("\n== token path per-forward speed-up (random weights, this model's width) ==")
+        print(format_table(result["token_scaling"], ["length", "batch", "fraction", "full_ms", "token_ms", "speedup"]))
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    by_method: dict[str, list] = {}
+    for p in result["pareto"]:
+        by_method.setdefault(p["method"], []).append(p)
+    for method, pts in by_method.items():
+        pts = sorted(pts, key=lambda p: p["time_per_sample_s"])
+        style = "o-" if method in ("fewer-steps", "dpm_solver++", "pf_ode") else "s"
+        ax.plot([1e3 * p["time_per_sample_s"] for p in pts], [p["swd"] for p in pts], style, label=method)
+    sp = result["uncached_seed_spread"]
+    if sp["swd"]:
+        ax.axhspan(min(sp["swd"]), max(sp["swd"]), color="grey", alpha=0.2, label="uncached seed range")
+    ax.set_xlabel("ms per sample")
+    ax.set_ylabel("sliced Wasserstein to test")
+    ax.set_xscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title("speed vs quality")
+    ax = axes[1]
+    rows = result["by_batch"]
+    ax.bar([str(r["batch"]) for r in rows], [r["speedup"] for r in rows])
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("speed-up (median)")
+    ax.set_title("E2-CRF speed-up")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    plt.close(fig)

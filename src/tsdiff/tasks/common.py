@@ -1,0 +1,174 @@
+"""Pieces shared by the command-line tasks: loggers, atomic checkpoints, loading a trained run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tsdiff.runs import atomic_path, checkpoint_path
+
+log = logging.getLogger("tsdiff")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded (corrupt, or not matching its run's config)."""
+
+
+def is_global_zero() -> bool:
+    """True in the process that owns files in a (possibly distributed) run."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+# ---------------------------------------------------------------------- loggers
+def wandb_logged_in() -> bool:
+    """Whether wandb has credentials (env var or netrc entry), without importing wandb."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def build_logger(logger_cfg: DictConfig | None, run_id: str, run_dir: Path, project: str = "tsdiff"):
+    """A Lightning logger from ``conf/logger/*.yaml`` (``kind: wandb | csv | none``).
+
+    wandb runs offline (files in ``<run_dir>/wandb``) when the user is not logged in, so nothing waits on
+    a server that cannot be reached; ``WANDB_MODE`` set by the user wins.
+    """
+    kind = "none" if logger_cfg is None else str(logger_cfg.get("kind", "none"))
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from pytorch_lightning.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="", version="csv")
+    if kind == "wandb":
+        from pytorch_lightning.loggers import WandbLogger
+
+        offline = logger_cfg.get("offline", "auto")
+        if str(offline) == "auto":
+            offline = not wandb_logged_in()
+        mode = os.environ.get("WANDB_MODE")
+        kwargs: dict[str, Any] = dict(
+            project=logger_cfg.get("project", project), id=run_id, name=run_id, save_dir=str(run_dir),
+            offline=bool(offline), log_model=False,
+        )
+        if mode == "disabled":
+            kwargs["mode"] = "disabled"
+            kwargs.pop("offline")
+        return WandbLogger(**kwargs)
+    raise ValueError(f"unknown logger kind '{kind}'; use logger=wandb, logger=csv or logger=none")
+
+
+def log_metrics(logger, metrics: dict[str, float]) -> None:
+    """Send flat numeric metrics to a Lightning logger (or nowhere when ``logger`` is falsy)."""
+    if not logger:
+        return
+    flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    logger.log_metrics(flat)
+    if hasattr(logger, "finalize"):
+        logger.finalize("success")
+
+
+# ---------------------------------------------------------------------- checkpoints
+def make_atomic_checkpoint_callback(dirpath: Path):
+    """A Lightning callback that writes ``last.ckpt`` after every epoch and at the end of fit, through a
+    temporary file renamed into place, so an interrupted write never leaves a truncated checkpoint."""
+    import pytorch_lightning as pl
+
+    class AtomicLastCheckpoint(pl.Callback):
+        def __init__(self, dirpath: Path):
+            self.dirpath = Path(dirpath)
+
+        def _save(self, trainer: "pl.Trainer") -> None:
+            target = self.dirpath / "last.ckpt"
+            tmp = self.dirpath / ".last.ckpt.tmp"
+            trainer.save_checkpoint(str(tmp))  # every rank calls it; rank 0 writes
+            if trainer.is_global_zero:
+                os.replace(tmp, target)
+            trainer.strategy.barrier("tsdiff-checkpoint")
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self._save(trainer)
+
+        def on_fit_end(self, trainer, pl_module):
+            self._save(trainer)
+
+    return AtomicLastCheckpoint(dirpath)
+
+
+def load_checkpoint_state(ckpt: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``); a clear error when it is corrupt."""
+    try:
+        state = torch.load(ckpt, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(
+            f"Checkpoint {ckpt} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            "It is corrupt or not a tsdiff checkpoint; retrain, or pick another model_id."
+        ) from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"Checkpoint {ckpt} has no 'state_dict': it is not a Lightning checkpoint of a tsdiff model.")
+    return state
+
+
+def instantiate_model(train_cfg: DictConfig, model_kwargs: dict[str, Any]):
+    """Build the system described by a training config (``model`` if set, else ``score_model``)."""
+    from hydra.utils import instantiate
+
+    model_cfg = train_cfg.model if train_cfg.get("model") is not None else train_cfg.score_model
+    return instantiate(model_cfg, **model_kwargs)
+
+
+def load_run_model(run_dir: Path, device: str | torch.device = "cpu"):
+    """Rebuild a run's model from its saved config and load its checkpoint weights (safely).
+
+    Returns ``(model, train_cfg, run_info)``.
+    """
+    import json
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"Run '{run_dir.name}' has no config.yaml; it was not created by tsdiff's train command.")
+    train_cfg = OmegaConf.load(cfg_path)
+    info = json.loads((run_dir / "run.json").read_text())
+    model = instantiate_model(train_cfg, info.get("model_kwargs", {}))
+    state = load_checkpoint_state(checkpoint_path(run_dir), map_location="cpu")
+    try:
+        model.load_state_dict(state["state_dict"], strict=True)
+    except RuntimeError as err:
+        first = [line.strip() for line in str(err).splitlines() if line.strip()][:4]
+        raise CheckpointError(
+            f"The config of run '{run_dir.name}' does not match its checkpoint: " + " ".join(first)
+            + " -- the run folder was edited or mixes two runs; retrain or restore config.yaml."
+        ) from None
+    model.to(device).eval()
+    return model, train_cfg, info
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain-text table (what the commands print)."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join([line, sep, *body])
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,0 +1,103 @@
+"""TimeDiff networks and the linear baselines' nets: shapes for every horizon/lookback, paper details."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tsdiff.nets.timediff import (
+    ARLinear,
+    ConditionNet,
+    ConvBlock,
+    DLinear,
+    StepEmbedding,
+    TimeDiffDenoiser,
+    instance_denormalize,
+    instance_normalize,
+)
+
+# (lookback, horizon): the paper's horizons (Table 1: 14, 168, 192, 672, 720; Table 8: 96, 336) and
+# the bundled-data settings, with lookbacks shorter, equal and longer than the horizon
+def close(a, b, atol=1e-5, rtol=1e-5):
+    # torch.allclose rather than torch.testing.assert_close, whose first call costs seconds of imports
+    assert a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=rtol), (a - b).abs().max()
+
+
+SHAPES = [(96, 14), (144, 24), (96, 96), (96, 168), (192, 192), (96, 336), (192, 672), (96, 720), (8, 1)]
+C, B, HID = 3, 2, 8
+
+
+@pytest.mark.parametrize("lookback,horizon", SHAPES)
+def test_every_net_maps_lookback_to_horizon(lookback, horizon):
+    x = torch.randn(B, lookback, C)
+    cond_net = ConditionNet(C, lookback, horizon, hidden=HID)
+    ar = ARLinear(C, lookback, horizon)
+    dlinear = DLinear(C, lookback, horizon)
+    assert cond_net(x).shape == (B, horizon, C)
+    assert ar(x).shape == (B, horizon, C)
+    assert dlinear(x).shape == (B, horizon, C)
+    for cond_channels in (2 * C, C):  # with and without z_ar (Table 4)
+        den = TimeDiffDenoiser(C, horizon, cond_channels, hidden=HID)
+        out = den(torch.randn(B, horizon, C), torch.tensor([0, 99]), torch.randn(B, horizon, cond_channels))
+        assert out.shape == (B, horizon, C)
+
+
+def test_conv_block_is_table_11():
+    block = ConvBlock(4, 6)
+    conv, bn, act, drop = block
+    assert isinstance(conv, nn.Conv1d) and conv.kernel_size == (3,) and conv.stride == (1,) and conv.padding == (1,)
+    assert isinstance(bn, nn.BatchNorm1d) and bn.num_features == 6
+    assert isinstance(act, nn.LeakyReLU) and act.negative_slope == pytest.approx(0.1)
+    assert isinstance(drop, nn.Dropout) and drop.p == pytest.approx(0.1)
+    assert block(torch.randn(2, 4, 7)).shape == (2, 6, 7)
+
+
+def test_step_embedding_two_fc_silu_and_distinct_steps():
+    emb = StepEmbedding(out_dim=16, sinusoid_dim=128, hidden_dim=128)
+    fc1, act1, fc2, act2 = emb.mlp
+    assert (fc1.in_features, fc1.out_features, fc2.out_features) == (128, 128, 16)
+    assert isinstance(act1, nn.SiLU) and isinstance(act2, nn.SiLU)
+    p = emb(torch.tensor([0.0, 1.0, 50.0]))
+    assert p.shape == (3, 16)
+    assert not torch.allclose(p[0], p[1]) and not torch.allclose(p[1], p[2])
+
+
+def test_ar_linear_is_equation_16():
+    """z_ar[h, c] = sum_i W_i[c, h] x_i[c] + B[c, h] (Hadamard products, channels do not mix)."""
+    ar = ARLinear(2, 5, 3)
+    x = torch.randn(4, 5, 2)
+    expected = torch.zeros(4, 3, 2)
+    for i in range(5):
+        expected += ar.weight[i].T.unsqueeze(0) * x[:, i : i + 1, :]  # W_i (d x H) ⊙ H copies of x_i
+    expected += ar.bias
+    close(ar(x), expected)
+
+
+def test_dlinear_decomposition_keeps_constants():
+    net = DLinear(2, 30, 5, kernel_size=25)
+    x = torch.full((1, 2, 30), 3.0)
+    close(net.decomp(x), x)  # the moving average of a constant is the constant
+    assert net(torch.randn(2, 30, 2)).shape == (2, 5, 2)
+
+
+def test_instance_normalization_round_trip():
+    x = torch.randn(4, 20, 3) * torch.tensor([1.0, 10.0, 0.1]) + torch.tensor([5.0, -2.0, 0.0])
+    normed, mean, std = instance_normalize(x, eps=1e-8)
+    close(normed.mean(dim=1), torch.zeros(4, 3), atol=1e-5, rtol=0)
+    close(normed.std(dim=1, unbiased=False), torch.ones(4, 3), atol=1e-4, rtol=0)
+    close(instance_denormalize(normed, mean, std), x, atol=1e-4, rtol=1e-5)
+
+
+def test_instance_normalization_of_a_flat_window_is_bounded():
+    x = torch.zeros(1, 10, 1)
+    normed, _, std = instance_normalize(x, eps=1e-3)
+    assert torch.all(normed == 0) and float(std) == pytest.approx(1e-3**0.5)
+
+
+def test_wrong_layout_is_a_clear_error():
+    net = ConditionNet(3, 16, 4, hidden=HID)
+    with pytest.raises(ValueError, match=r"\(batch, length, channels\)"):
+        net(torch.randn(2, 3, 16))  # (batch, channels, length) by mistake
+    with pytest.raises(ValueError, match="positive integer"):
+        ARLinear(3, 0, 4)
