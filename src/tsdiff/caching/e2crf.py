@@ -125,6 +125,10 @@ def _check_number(name: str, value: Any, lo: float, hi: float | None, *, integer
         raise ValueError(f"cache_kwargs.{name}={value!r} is out of range: it must be {rng}")
 
 
+def _length(x: torch.Tensor) -> int:
+    return x.shape[1] if x.dim() > 1 else 1
+
+
 def _is_transformer(net: Any) -> bool:
     return (
         hasattr(net, "embed_tokens")
@@ -132,16 +136,6 @@ def _is_transformer(net: Any) -> bool:
         and hasattr(net, "layers")
         and all(hasattr(layer, "project_qkv") and hasattr(layer, "attend") and hasattr(layer, "feedforward_branch") for layer in net.layers)
     )
-
-
-def _uses_standard_denoise(module: Any) -> bool:
-    """True when ``module.denoise`` is ``score_network(network_input(x), schedule.network_time(t))``,
-    i.e. the cache may call the network's pieces itself and reproduce the denoiser exactly."""
-    try:
-        from tsdiff.models.score_models import ScoreModule
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(module, ScoreModule) and type(module).denoise is ScoreModule.denoise
 
 
 class E2CRFCache(CachePolicy):
@@ -232,20 +226,24 @@ class E2CRFCache(CachePolicy):
         self._out_ref: torch.Tensor | None = None  # generic step path: last output
         self._x_ref: torch.Tensor | None = None
         self._scale: torch.Tensor | None = None  # (B,) step-path threshold scales
+        self._kappa: torch.Tensor | None = None  # (B,) sensitivity: residual drift per unit input change
         self._forced: torch.Tensor | None = None
         self._gen: torch.Generator | None = None
         self._drifts: list[float] = []
         self._selected: torch.Tensor | None = None
+        self._hooked = False
+        self._step = 0
 
     def start(self, denoiser: Any, num_steps: int, batch_size: int) -> None:
-        """Reset all state for a new chunk; pick the path (token / step / output reuse)."""
+        """Reset all state for a new chunk, pick the path, and install the network hook."""
         self._reset_state()
         self._stats = CacheStats()
         module = getattr(denoiser, "module", None)
         self._module = module
-        transformer = module is not None and _uses_standard_denoise(module) and _is_transformer(module.score_network)
-        if transformer:
-            self._net = module.score_network
+        hookable = module is not None and hasattr(module, "network_hook") and hasattr(module, "score_network")
+        net = module.score_network if hookable else None
+        if hookable and _is_transformer(net):
+            self._net = net
             length = int(module.sample_shape[0])
             if self.selection == "random" or self.mode == "token":
                 path = "token"
@@ -255,24 +253,34 @@ class E2CRFCache(CachePolicy):
                 path = "token" if (length >= AUTO_TOKEN_MIN_LEN and batch_size >= AUTO_TOKEN_MIN_BATCH) else "step"
         else:
             if self.mode == "token" or self.selection == "random":
-                kind = type(getattr(module, "score_network", module)).__name__ if module is not None else "a plain denoiser"
+                kind = type(net).__name__ if net is not None else "a plain denoiser"
                 raise ValueError(
                     f"the token-level E2-CRF path needs a transformer score network, got {kind}; "
                     "use cache_kwargs.mode='step' (or 'auto'), which reuses whole network outputs between steps"
                 )
-            path = "output"
+            self._net = net
+            path = "network-output" if hookable else "output"
+        if hookable:
+            if module.network_hook is not None:
+                raise RuntimeError(
+                    "the model already has a network_hook installed (another cache policy is running on it); "
+                    "finish that sampling run first"
+                )
+            module.network_hook = self._hook
+            self._hooked = True
         self._path = path
         self._stats.extra.update(path=path, mode=self.mode, selection=self.selection)
-        self._num_steps = int(num_steps)
 
     def finish(self) -> CacheStats:
-        """Free every cached tensor and return the statistics of the run."""
+        """Remove the network hook, free every cached tensor and return the statistics of the run."""
         stats = self._stats
         if self._selected is not None:
             # token slots of partially computed samples that were truly selected (the rest is padding)
             stats.extra["tokens_selected_partial"] = int(self._selected)
         if self._drifts:
             stats.extra["mean_refresh_drift"] = float(sum(self._drifts) / len(self._drifts))
+        if self._hooked and self._module is not None and self._module.network_hook == self._hook:
+            self._module.network_hook = None
         self._stats = CacheStats()
         self._reset_state()
         return stats
@@ -280,7 +288,7 @@ class E2CRFCache(CachePolicy):
     @property
     def holds_state(self) -> bool:
         """Whether any cached tensor is alive (False after ``finish``)."""
-        return any(t is not None for t in (self._layers, self._h0_ref, self._D, self._out_ref, self._mult, self._scale))
+        return any(t is not None for t in (self._layers, self._h0_ref, self._D, self._out_ref, self._mult, self._scale, self._kappa))
 
     # ------------------------------------------------------------------ helpers
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -289,7 +297,18 @@ class E2CRFCache(CachePolicy):
         return self._gen
 
     def _is_refresh(self, step: int) -> bool:
-        return step % self.R == 0
+        """Full evaluations: every ``R``-th, plus the second one, which calibrates the sensitivity."""
+        return step % self.R == 0 or step == 1
+
+    def _adapt(self, step: int) -> bool:
+        """Whether measurements at this evaluation may change thresholds / sensitivity: always at the
+        calibration step, afterwards only with error feedback."""
+        return self.selection == "event" and (step == 1 or self.error_feedback)
+
+    def _update_kappa(self, kappa: torch.Tensor, drift: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
+        """Sensitivity ``kappa = residual drift / input change`` (per sample), smoothed over measurements."""
+        obs = (drift / (intensity + _EPS)).clamp(1e-3, 1e3)
+        return torch.sqrt(kappa * obs)  # geometric mean of the old estimate and the new observation
 
     def _count(self, *, full: bool, layers: int, length: int, batch: int, computed: int) -> None:
         s = self._stats
@@ -339,29 +358,34 @@ class E2CRFCache(CachePolicy):
     def _frequency_domain(self) -> bool:
         return bool(getattr(self._module, "fourier_transform", False))
 
-    def _net_inputs(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        module = self._module
-        return module.network_input(x), module.schedule.network_time(t)
-
     # ------------------------------------------------------------------ entry point
+    def _exact_everything(self) -> bool:
+        return self.R == 1 or (self.tau_0 == 0.0 and self.selection == "event" and self.event_trigger)
+
     def __call__(self, denoise, x, t, cond, step):
         if self._path is None:
             raise RuntimeError("E2CRFCache was called before start(); the DiffusionSampler calls start() for you")
-        if self.R == 1 or (self.tau_0 == 0.0 and self.selection == "event" and self.event_trigger):
-            return self._exact(denoise, x, t, cond)
+        self._step = int(step)
         if self._path == "output":
+            if self._exact_everything():
+                self._count(full=True, layers=1, length=_length(x), batch=x.shape[0], computed=_length(x) * x.shape[0])
+                return denoise(x, t, cond)
             return self._output_step(denoise, x, t, cond, step)
-        y, tt = self._net_inputs(x, t)
+        # the model's denoise() keeps its representation and preconditioning and calls self._hook
+        return denoise(x, t, cond)
+
+    def _hook(self, y: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        """Replaces ``score_network(y, tt)`` inside the model's ``denoise`` during a sampling run."""
+        step = self._step
+        if self._exact_everything():
+            layers = len(self._net.layers) if self._path in ("token", "step") else 1
+            self._count(full=True, layers=layers, length=y.shape[1], batch=y.shape[0], computed=y.shape[1] * y.shape[0])
+            return self._net(y, tt)
         if self._path == "step":
             return self._residual_step(y, tt, step)
-        return self._token_step(y, tt, step)
-
-    def _exact(self, denoise, x, t, cond):
-        """Everything recomputed: exactly the denoiser."""
-        length = x.shape[1] if x.dim() > 1 else 1
-        layers = len(self._net.layers) if self._net is not None else 1
-        self._count(full=True, layers=layers, length=length, batch=x.shape[0], computed=length * x.shape[0])
-        return denoise(x, t, cond)
+        if self._path == "token":
+            return self._token_step(y, tt, step)
+        return self._output_step(lambda y_, t_, c_: self._net(y_, t_), y, tt, None, step)
 
     # ------------------------------------------------------------------ full forward (stores caches)
     def _full_rows(self, h0: torch.Tensor, rows: torch.Tensor | None, measure: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -412,13 +436,17 @@ class E2CRFCache(CachePolicy):
         n_layers = len(net.layers)
         first = self._layers is None
         if first or self._is_refresh(step):
-            measure = (not first) and self.error_feedback and self.selection == "event"
+            measure = (not first) and self._adapt(step)
+            inten = self._intensity(h0, self._h0_ref) if measure else None
             h, drift = self._full_rows(h0, None, measure)
             self._h0_ref = h0.clone()
             if self._mult is None:
                 self._mult = torch.ones(batch, length, device=h0.device)
+                self._kappa = torch.ones(batch, device=h0.device)
             if drift is not None:
-                self._mult = self._feedback(self._mult, drift)
+                self._kappa = self._update_kappa(self._kappa, drift.mean(1), inten.mean(1))
+                if step > 1:
+                    self._mult = self._feedback(self._mult, drift)
                 self._drifts.append(float(drift.mean()))  # once per refresh, not per token
             self._count(full=True, layers=n_layers, length=length, batch=batch, computed=batch * length)
             self._bytes()
@@ -475,7 +503,7 @@ class E2CRFCache(CachePolicy):
             sel[:, pos] = True
         full = torch.zeros(batch, dtype=torch.bool, device=device)
         if self.event_trigger:
-            intensity = self._intensity(h0, self._h0_ref)
+            intensity = self._kappa[:, None] * self._intensity(h0, self._h0_ref)
             energy = self._energy(y)
             tau = self.tau_0 * self._mult
             if self.energy_weighting:
@@ -538,33 +566,40 @@ class E2CRFCache(CachePolicy):
         h0 = net.embed_tokens(y, tt)
         batch, length, _ = h0.shape
         n_layers = len(net.layers)
-        first = self._D is None
-        if first or self._is_refresh(step):
+        energy = self._energy(y)
+        if self._D is None or self._is_refresh(step):
             h = self._forward_plain(h0)
-            out = net.readout(h)
-            if not first and self.error_feedback and self.selection == "event":
-                reuse = net.readout(h0 + self._D)
-                err = (out - reuse).flatten(1).norm(dim=1) / (out.flatten(1).norm(dim=1) + _EPS)
-                self._scale = self._feedback(self._scale, err)
-                self._drifts.append(float(err.mean()))
-            if self._scale is None:
+            if self._D is None:
                 self._scale = torch.ones(batch, device=h0.device)
+                self._kappa = torch.ones(batch, device=h0.device)
+            elif self._adapt(step):
+                inten = self._sample_intensity(self._intensity(h0, self._h0_ref), energy)
+                drift = self._rel(h - h0, self._D)
+                self._kappa = self._update_kappa(self._kappa, drift, inten)
+                if step > 1:
+                    self._scale = self._feedback(self._scale, drift)
+                self._drifts.append(float(drift.mean()))
             self._D = h - h0
             self._h0_ref = h0.clone()
             self._count(full=True, layers=n_layers, length=length, batch=batch, computed=batch * length)
             self._bytes()
-            return out
+            return net.readout(h)
         if self.event_trigger and self.selection == "event":
-            intensity = self._sample_intensity(self._intensity(h0, self._h0_ref), self._energy(y))
-            need = intensity > self.tau_0 * self._scale
+            inten = self._sample_intensity(self._intensity(h0, self._h0_ref), energy)
+            need = self._kappa * inten > self.tau_0 * self._scale
             n_need = int(need.sum())  # the one host sync per step
         else:
             n_need = 0
         out = net.readout(h0 + self._D)
         if n_need:
             rows = None if n_need == batch else need.nonzero().squeeze(1)
-            h0r = h0 if rows is None else h0.index_select(0, rows)
+            pick = (lambda t: t) if rows is None else (lambda t: t.index_select(0, rows))
+            h0r = pick(h0)
             h = self._forward_plain(h0r)
+            if self.error_feedback:
+                drift = self._rel(h - h0r, pick(self._D))
+                kappa = self._update_kappa(pick(self._kappa), drift, pick(inten))
+                self._kappa = kappa if rows is None else self._kappa.index_copy(0, rows, kappa)
             if rows is None:
                 out = net.readout(h)
                 self._D = h - h0
@@ -576,6 +611,11 @@ class E2CRFCache(CachePolicy):
         self._count(full=n_need == batch, layers=n_layers, length=length, batch=batch, computed=n_need * length)
         return out
 
+    @staticmethod
+    def _rel(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        """Per-sample relative change ``|new - old| / |new|`` -> (B,)."""
+        return (new - old).flatten(1).norm(dim=1) / (new.flatten(1).norm(dim=1) + _EPS)
+
     def _forward_plain(self, h: torch.Tensor) -> torch.Tensor:
         for layer in self._net.layers:
             h = layer(h)
@@ -583,26 +623,29 @@ class E2CRFCache(CachePolicy):
 
     # ------------------------------------------------------------------ step path (any denoiser)
     def _output_step(self, denoise, x, t, cond, step):
+        """Step-level reuse of a whole output (networks without token structure, plain denoisers)."""
         batch = x.shape[0]
-        length = x.shape[1] if x.dim() > 1 else 1
-        first = self._out_ref is None
-        if first or self._is_refresh(step):
+        length = _length(x)
+        if self._out_ref is None or self._is_refresh(step):
             out = denoise(x, t, cond)
-            if not first and self.error_feedback and self.selection == "event":
-                err = (out - self._out_ref).flatten(1).norm(dim=1) / (out.flatten(1).norm(dim=1) + _EPS)
-                self._scale = self._feedback(self._scale, err)
-                self._drifts.append(float(err.mean()))
-            if self._scale is None:
+            if self._out_ref is None:
                 self._scale = torch.ones(batch, device=x.device)
+                self._kappa = torch.ones(batch, device=x.device)
+            elif self._adapt(step):
+                drift = self._rel(out, self._out_ref)
+                self._kappa = self._update_kappa(self._kappa, drift, self._rel(x, self._x_ref))
+                if step > 1:
+                    self._scale = self._feedback(self._scale, drift)
+                self._drifts.append(float(drift.mean()))
             self._out_ref, self._x_ref = out.clone(), x.clone()
             self._count(full=True, layers=1, length=length, batch=batch, computed=batch * length)
             self._bytes()
             return out
         if self.event_trigger and self.selection == "event":
-            flat, ref = x.flatten(1), self._x_ref.flatten(1)
-            intensity = (flat - ref).norm(dim=1) / (ref.norm(dim=1) + _EPS)
-            need = intensity > self.tau_0 * self._scale
-            n_need = int(need.sum())
+            # relative input change |x - x_ref| / |x_ref| (``_rel`` normalises by its first argument's reference)
+            inten = (x - self._x_ref).flatten(1).norm(dim=1) / (self._x_ref.flatten(1).norm(dim=1) + _EPS)
+            need = self._kappa * inten > self.tau_0 * self._scale
+            n_need = int(need.sum())  # the one host sync per step
         else:
             n_need = 0
         out = self._out_ref.clone()

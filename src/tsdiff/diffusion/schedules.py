@@ -202,7 +202,8 @@ class ContinuousSchedule(NoiseSchedule):
         elif spacing == "logsnr":
             lam_hi = float(self.log_snr(torch.tensor(self.t_min, dtype=torch.float64)))
             lam_lo = float(self.log_snr(torch.tensor(1.0, dtype=torch.float64)))
-            grid = np.array([self.inverse_log_snr(l) for l in np.linspace(lam_lo, lam_hi, n)])
+            grid = self.inverse_log_snr(np.linspace(lam_lo, lam_hi, n))
+            grid[0], grid[-1] = 1.0, self.t_min
         else:
             raise ValueError(f"unknown spacing '{spacing}'; use 'uniform' or 'logsnr'")
         if n == 1:
@@ -218,15 +219,14 @@ class ContinuousSchedule(NoiseSchedule):
         a, s = self.alpha_sigma(torch.tensor(float(t), dtype=torch.float64))
         return float(a), float(s)
 
-    def inverse_log_snr(self, lam: float) -> float:
-        """Time with ``lambda_t = lam`` (bisection; lambda is decreasing in t)."""
-        lo, hi = self.t_min, 1.0
-        for _ in range(80):
+    def inverse_log_snr(self, lam: np.ndarray) -> np.ndarray:
+        """Times with ``lambda_t = lam`` (vectorised bisection; lambda is decreasing in t)."""
+        lam = np.asarray(lam, dtype=np.float64)
+        lo, hi = np.full_like(lam, self.t_min), np.ones_like(lam)
+        for _ in range(60):
             mid = 0.5 * (lo + hi)
-            if float(self.log_snr(torch.tensor(mid, dtype=torch.float64))) > lam:
-                lo = mid
-            else:
-                hi = mid
+            above = self.log_snr(torch.from_numpy(mid)).numpy() > lam
+            lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
         return 0.5 * (lo + hi)
 
     @abstractmethod
@@ -238,9 +238,13 @@ class VPSDE(ContinuousSchedule):
     """Variance-preserving SDE ``dx = -beta(t)/2 x dt + sqrt(beta(t)) dw``, ``beta(t)`` linear
     (Song et al. 2021, eq. 11 and App. B). Defaults ``beta_min = 0.1, beta_max = 20`` as in the
     frequency-diffusion reference. ``alpha_t = exp(-t^2 (b1 - b0)/4 - t b0/2)``.
+
+    ``t_min = 1e-5`` (so ``sigma_min ~ 1e-3``): with ``1e-3`` (``sigma_min ~ 0.01``) the final denoising
+    step shrinks data components whose std is ~0.01 -- the high frequencies of standardized price
+    series -- by up to 30% (measured with the exact Gaussian denoiser on the bundled stocks data).
     """
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3):
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-5):
         if not (0 < beta_min < beta_max):
             raise ValueError(f"VPSDE needs 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max, self.t_min = float(beta_min), float(beta_max), float(t_min)

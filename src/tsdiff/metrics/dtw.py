@@ -89,7 +89,7 @@ def _nn_dtw(a: torch.Tensor, b: torch.Tensor, pair_budget: int) -> tuple[torch.T
         blk = a[start : start + rows]  # (r, s, C)
         r, s, c = blk.shape
         # One cdist over all time points, then regroup into (r * m) local-cost matrices of size s x s.
-        pts = torch.cdist(blk.reshape(r * s, c), b.reshape(m * s, c))
+        pts = torch.cdist(blk.reshape(r * s, c), b.reshape(m * s, c), compute_mode="donot_use_mm_for_euclid_dist")
         cost = pts.reshape(r, s, m, s).permute(1, 3, 0, 2).reshape(s, s, r * m)
         d = _dtw_batch_last(cost).reshape(r, m)
         row_min[start : start + blk.shape[0]] = d.min(dim=1).values

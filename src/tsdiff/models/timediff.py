@@ -335,6 +335,10 @@ class TimeDiff(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["future"].shape[0])
         return loss
 
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking and "val/loss" in self.trainer.callback_metrics:
+            log.info("TimeDiff epoch %d: val/loss %.4f", self.current_epoch, float(self.trainer.callback_metrics["val/loss"]))
+
     def configure_callbacks(self):
         """Early stopping on ``val/loss`` (Sec. 4.1: "training with early stopping") and a restore of the
         best-val weights at the end of training, so the checkpoint written at fit end is the best one.

@@ -86,9 +86,13 @@ class DiffusionSampler:
             model's ``default_solver`` or ``ddpm``.
         solver_kwargs: options of the solver (``eta`` for DDIM, ``order`` for DPM-Solver++ / PF-ODE).
         num_diffusion_steps: default number of steps (``sample`` may override it).
-        time_spacing: ``"uniform"`` or ``"logsnr"`` grid of evaluation times; ``"auto"`` (default) takes
-            ``logsnr`` for DPM-Solver++ (Lu et al. 2022 recommend it; on a uniform grid the last steps jump
-            so far in log-SNR that the second-order extrapolation overshoots) and ``uniform`` otherwise.
+        time_spacing: ``"logsnr"`` (default) spaces the evaluation times evenly in
+            ``lambda = log(alpha/sigma)``; ``"uniform"`` evenly in ``t``. Lu et al. 2022 recommend log-SNR
+            for DPM-Solver; we use it for every solver because data whose components differ in scale by
+            100x (the frequency components of standardized series) need steps at every noise scale: with
+            the exact Gaussian denoiser of the bundled stocks data in the frequency domain, 100 uniform
+            steps give samples whose per-component std is off by -33% (ancestral) to +68%
+            (Euler-Maruyama); 100 log-SNR steps give -6% / +4%, and DPM-Solver++ 0% (see the tests).
         sample_batch_size: samples are produced in chunks of this size.
         use_cache, cache_kwargs: E2-CRF caching (``cache_kwargs`` as in the reference README); or pass a
             :class:`~tsdiff.caching.CachePolicy` as ``cache``.
@@ -109,7 +113,7 @@ class DiffusionSampler:
         solver: str | Callable = "auto",
         solver_kwargs: dict[str, Any] | None = None,
         num_diffusion_steps: int | None = None,
-        time_spacing: str = "auto",
+        time_spacing: str = "logsnr",
         sample_batch_size: int = 64,
         use_cache: bool = False,
         cache_kwargs: dict[str, Any] | None = None,
@@ -136,8 +140,6 @@ class DiffusionSampler:
         self.solver = get_solver(self.solver_name)
         self.solver_kwargs = dict(solver_kwargs or {})
         self.num_diffusion_steps = num_diffusion_steps
-        if time_spacing == "auto":
-            time_spacing = "logsnr" if self.solver is get_solver("dpm_solver++") else "uniform"
         self.time_spacing = time_spacing
         self.sample_batch_size = sample_batch_size
         self.guidance = guidance

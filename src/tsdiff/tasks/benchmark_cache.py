@@ -29,8 +29,6 @@ Timings on a machine shared with other processes are noisy; the JSON keeps every
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 import statistics
 import time

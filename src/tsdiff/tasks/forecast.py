@@ -14,7 +14,7 @@ Steps (config: ``conf/forecast.yaml``):
    (10%-90% sample quantiles: coverage and width) use the whole sample set.
 5. Fit and score every entry of ``baselines`` (seasonal naive, the AR model alone, DLinear) on the same
    windows; their CRPS is that of a one-member ensemble (= MAE).
-6. Optionally (``timing.horizons``) time TimeDiff's samplers for several horizons like the paper's
+6. Optionally (``timing.horizons``; ``timing_only=true`` skips steps 2-5) time TimeDiff's samplers for several horizons like the paper's
    Table 8, with an untrained model of the same size (time does not depend on the weights).
 
 Everything is scored in the datamodule's standardized space (as the paper's tables). The result table
@@ -24,6 +24,7 @@ is printed and written atomically to ``<output_dir>/forecast.json``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         for key, fmt in cols:
             value = row.get(key)
             if value is None:
-                width = int("".join(ch for ch in fmt if ch.isdigit()).split(".")[0] or 8)
-                cells.append(" " * (width - 1) + "-")
+                width = int(re.search(r"[<>](\d+)", fmt).group(1))
+                cells.append(f"{'-':>{width}}")
             else:
                 cells.append(fmt.format(value))
         lines.append("".join(cells))
@@ -109,6 +110,15 @@ def _build_or_load_model(cfg: DictConfig, dm, out_dir: Path) -> tuple[Any, dict[
     }
 
 
+def _solvers(cfg: DictConfig) -> dict[str, Any]:
+    """``eval.solvers`` without the entries set to null (``eval.solvers.dpmpp_10=null`` drops one)."""
+    return {str(k): v for k, v in (cfg.eval.get("solvers") or {}).items() if v is not None}
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
 def _score_samples(samples: np.ndarray, future: np.ndarray) -> dict[str, float]:
     mse, mae, crps = _metrics()
     return {"mse": float(mse(samples, future)), "mae": float(mae(samples, future)),
@@ -120,11 +130,11 @@ def _eval_timediff(model, lookback: np.ndarray, future: np.ndarray, cfg: DictCon
     # warm-up (allocator, kernels) before anything is timed
     model.forecast(lookback[:2], num_samples=2, solver="ddpm", steps=2, seed=int(cfg.seed))
     rows = []
-    for name, spec in ev.solvers.items():
+    for name, spec in _solvers(cfg).items():
         samples, stats = model.forecast(
             lookback, num_samples=int(ev.num_samples), solver=str(spec.solver), steps=int(spec.steps),
             seed=int(cfg.seed), sample_batch_size=int(ev.sample_batch_size),
-            solver_kwargs=OmegaConf.to_container(spec.get("solver_kwargs") or {}), return_stats=True,
+            solver_kwargs=_plain(spec.get("solver_kwargs")), return_stats=True,
         )
         arr = samples.detach().cpu().numpy()
         rows.append({
@@ -180,7 +190,7 @@ def _timing_table(cfg: DictConfig, dm) -> list[dict[str, Any]]:
         x = torch.randn(int(tcfg.windows), lookback_len, n_channels, generator=gen)
         model.forecast(x[:1], num_samples=1, solver="ddpm", steps=2)  # warm-up
         row: dict[str, Any] = {"horizon": int(horizon)}
-        for name, spec in cfg.eval.solvers.items():
+        for name, spec in _solvers(cfg).items():
             times = []
             for _ in range(int(tcfg.repeats)):
                 _, stats = model.forecast(x, num_samples=int(tcfg.num_samples), solver=str(spec.solver),
@@ -190,7 +200,7 @@ def _timing_table(cfg: DictConfig, dm) -> list[dict[str, Any]]:
             row[f"{name}_ms_per_window"] = 1000.0 * float(np.median(times)) / len(x)
         ref = row.get(f"{tcfg.reference}_ms_per_window")
         if ref:
-            for name in cfg.eval.solvers:
+            for name in _solvers(cfg):
                 row[f"{name}_ratio_to_{tcfg.reference}"] = row[f"{name}_ms_per_window"] / ref
         table.append(row)
         log.info("timing H=%d: %s", horizon, row)
@@ -229,11 +239,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "space": "datamodule-standardized (train-split z-score per variable)",
     }
     rows: list[dict[str, Any]] = []
-    if cfg.get("model") is not None:
-        model, result["timediff"] = _build_or_load_model(cfg, dm, out_dir)
-        result["timediff"]["num_parameters"] = int(sum(p.numel() for p in model.parameters()))
-        rows += _eval_timediff(model, lookback, future, cfg)
-    rows += _eval_baselines(cfg, dm, lookback, future)
+    if not cfg.get("timing_only", False):
+        if cfg.get("model") is not None:
+            model, result["timediff"] = _build_or_load_model(cfg, dm, out_dir)
+            result["timediff"]["num_parameters"] = int(sum(p.numel() for p in model.parameters()))
+            rows += _eval_timediff(model, lookback, future, cfg)
+        rows += _eval_baselines(cfg, dm, lookback, future)
     result["rows"] = rows
     td = {r["method"]: r for r in rows if r["kind"] == "timediff"}
     ref = cfg.timing.get("reference")
@@ -247,7 +258,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     table = format_table(rows)
     header = (f"{dm.name}: L={dm.lookback} H={dm.horizon} C={dm.n_channels}, {len(lookback)} {ev.split} windows, "
               f"{ev.num_samples} samples (standardized space)")
-    print(header + "\n" + table, flush=True)
+    if rows:
+        print(header + "\n" + table, flush=True)
     for name, v in (result.get("vs_reference") or {}).items():
         print(f"{name}: MSE {100 * v['mse_rel_diff']:+.2f}% vs {ref}, {v['speedup']:.2f}x faster", flush=True)
     for row in result["timing"]:

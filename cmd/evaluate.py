@@ -1,0 +1,21 @@
+"""Score generated time series against real ones.
+
+    python cmd/evaluate.py model_id=<run_id|latest> [metrics=[context_fid,discriminative]] [mode=fast]
+    python cmd/evaluate.py real_path=real.npy fake_path=fake.npy results_path=out.json logger=csv
+
+All logic lives in :func:`tsdiff.tasks.evaluate.run`; see conf/evaluate.yaml for every option.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from tsdiff.tasks.evaluate import run
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The ``evaluate`` task: score generated windows against real ones, print a table, save JSON, log.
+
+Two ways to name the data (``cfg`` is the Hydra config of ``conf/evaluate.yaml``):
+
+* ``real_path=<real.npy> fake_path=<fake.npy>``: two arrays ``(N, length, channels)``, like the
+  ``metric_pytorch.py --ori_path --fake_path`` script of K-ProtoDiff;
+* ``model_id=<run_id|latest>`` (with ``runs_dir``): the newest ``samples/<sample_id>/`` folder of that run
+  (or ``sample_id=<id>``), whose ``samples.npy`` is the generated set and ``real.npy`` the real windows
+  the sample command compared against (both in the datamodule's standardized space).
+
+Results go to ``results_path`` (default: ``evaluation.json`` beside the samples, or in the working
+directory for ``.npy`` inputs) with an atomic write. An existing file is never overwritten silently: unless
+``overwrite=true``, a new name (``evaluation-1.json``, ...) is chosen and printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tsdiff import __version__
+from tsdiff.metrics import evaluate_generation, resolve_metrics
+from tsdiff.runs import atomic_write_json, new_run_id, resolve_run_dir, utc_now
+from tsdiff.tasks.common import log_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    try:
+        value = cfg.get(key, default)
+    except AttributeError:
+        value = getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def _to_container(x: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(x, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(x, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return x
+
+
+def _load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what}: no file at '{p}'. Pass an existing .npy array of shape (N, length, channels).")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"{what}: '{p}' is not a plain .npy array ({exc}). Save it with np.save(path, array).") from exc
+    return arr
+
+
+def newest_sample_dir(run_dir: Path, sample_id: str | None = None) -> Path:
+    """``samples/<sample_id>`` of a run, or its newest sample folder holding a ``samples.npy``."""
+    root = run_dir / "samples"
+    if sample_id:
+        d = root / str(sample_id)
+        if not (d / "samples.npy").is_file():
+            raise FileNotFoundError(f"Run '{run_dir.name}' has no samples/{sample_id}/samples.npy. Known: {_known(root)}.")
+        return d
+    dirs = [d for d in root.iterdir() if (d / "samples.npy").is_file()] if root.is_dir() else []
+    if not dirs:
+        raise FileNotFoundError(
+            f"Run '{run_dir.name}' has no samples yet ({root}/<id>/samples.npy). Generate some with "
+            f"`python cmd/sample.py model_id={run_dir.name}`, or pass real_path=... fake_path=... instead."
+        )
+    return max(dirs, key=lambda d: ((d / "samples.npy").stat().st_mtime, d.name))
+
+
+def _known(root: Path) -> str:
+    return ", ".join(sorted(d.name for d in root.iterdir() if d.is_dir())) if root.is_dir() else "none"
+
+
+def free_path(path: Path) -> Path:
+    """``path`` if it does not exist, else the first free ``<stem>-<k><suffix>`` beside it."""
+    if not path.exists():
+        return path
+    k = 1
+    while True:
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        k += 1
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """A fixed-width text table: metric, mean ± 95 % interval, std, runs, seconds."""
+    rows = [("metric", "mean ± ci95", "std", "runs", "seconds")]
+    for name, r in results.items():
+        rows.append((name, f"{r['mean']:.4f} ± {r['ci95']:.4f}", f"{r['std']:.4f}", str(len(r["runs"])), f"{r['seconds']:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _make_logger(cfg: Any, log_dir: Path, run_name: str):
+    """A Lightning logger from ``cfg.logger`` (``conf/logger/*.yaml``: ``kind: none | csv | wandb``).
+
+    A plain string (``logger="csv"``) is accepted too when ``run`` is called from Python.
+    """
+    from omegaconf import OmegaConf
+
+    from tsdiff.tasks.common import build_logger
+
+    logger_cfg = _cfg_get(cfg, "logger", "none")
+    if isinstance(logger_cfg, str):
+        logger_cfg = {"kind": logger_cfg}
+    logger_cfg = OmegaConf.create(_to_container(logger_cfg))
+    return build_logger(logger_cfg, run_name, log_dir, project=str(_cfg_get(cfg, "project", "tsdiff")))
+
+
+def _metric_settings(cfg: Any) -> dict[str, dict[str, Any]]:
+    """``cfg.metric_settings`` without the null entries (null = keep the mode's default)."""
+    raw = _to_container(_cfg_get(cfg, "metric_settings", {})) or {}
+    if not isinstance(raw, dict):
+        raise ValueError("metric_settings must map metric names to settings, e.g. {predictive: {iterations: 1000}}.")
+    out = {}
+    for name, settings in raw.items():
+        kept = {k: v for k, v in (settings or {}).items() if v is not None}
+        if kept:
+            out[name] = kept
+    return out
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """Evaluate as configured; return the saved record (results plus metadata and ``results_path``)."""
+    real_path, fake_path = _cfg_get(cfg, "real_path"), _cfg_get(cfg, "fake_path")
+    model_id = _cfg_get(cfg, "model_id")
+    source: dict[str, Any]
+    if real_path or fake_path:
+        if not (real_path and fake_path):
+            raise ValueError("give both real_path=<real.npy> and fake_path=<fake.npy> (or model_id=<run> instead).")
+        if model_id:
+            raise ValueError("give either model_id=... or real_path/fake_path, not both.")
+        real = _load_npy(real_path, "real_path")
+        fake = _load_npy(fake_path, "fake_path")
+        default_out = Path.cwd() / "evaluation.json"
+        source = {"real_path": str(Path(real_path).resolve()), "fake_path": str(Path(fake_path).resolve())}
+    elif model_id:
+        run_dir = resolve_run_dir(model_id, _cfg_get(cfg, "runs_dir", "lightning_logs"))
+        sample_dir = newest_sample_dir(run_dir, _cfg_get(cfg, "sample_id"))
+        if not (sample_dir / "real.npy").is_file():
+            raise FileNotFoundError(
+                f"{sample_dir} has samples.npy but no real.npy (the real windows to compare with). Re-run the sample "
+                "command, or pass real_path=<real.npy> fake_path=" + str(sample_dir / "samples.npy")
+            )
+        fake = _load_npy(sample_dir / "samples.npy", "samples.npy")
+        real = _load_npy(sample_dir / "real.npy", "real.npy")
+        default_out = sample_dir / "evaluation.json"
+        source = {"model_id": run_dir.name, "sample_id": sample_dir.name, "sample_dir": str(sample_dir)}
+    else:
+        raise ValueError(
+            "nothing to evaluate: pass model_id=<run_id|latest> (with runs_dir=...) or real_path=<real.npy> fake_path=<fake.npy>."
+        )
+
+    metrics = resolve_metrics(_to_container(_cfg_get(cfg, "metrics", "all")))
+    mode = str(_cfg_get(cfg, "mode", "paper"))
+    requested = Path(_cfg_get(cfg, "results_path", default_out)).expanduser()
+    out_path = requested if bool(_cfg_get(cfg, "overwrite", False)) else free_path(requested)
+    if out_path != requested:
+        print(f"[evaluate] {requested} already exists; writing to {out_path} instead (set overwrite=true to replace it).")
+    run_name = f"evaluate-{source.get('model_id', 'npy')}-{new_run_id(length=6)}"
+    log_dir = Path(_cfg_get(cfg, "log_dir", out_path.parent / "logs")) / run_name  # fresh folder: nothing overwritten
+    logger = _make_logger(cfg, log_dir, run_name)
+
+    def progress(name: str, res: dict[str, Any]) -> None:
+        for key, r in res.items():
+            log.info("%s: %.5f ± %.5f (%d runs, %.1f s)", key, r["mean"], r["ci95"], len(r["runs"]), r["seconds"])
+
+    results = evaluate_generation(
+        real,
+        fake,
+        metrics=metrics,
+        mode=mode,
+        num_runs=_cfg_get(cfg, "num_runs"),
+        seed=int(_cfg_get(cfg, "seed", 0)),
+        device=str(_cfg_get(cfg, "device", "cpu")),
+        scale=str(_cfg_get(cfg, "scale", "minmax")),
+        overrides=_metric_settings(cfg),
+        progress=progress,
+        num_threads=_cfg_get(cfg, "num_threads"),
+    )
+    record = {
+        "created": utc_now(),
+        "tsdiff_version": __version__,
+        "source": source,
+        "real_shape": list(np.shape(real)),
+        "fake_shape": list(np.shape(fake)),
+        "mode": mode,
+        "seed": int(_cfg_get(cfg, "seed", 0)),
+        "scale": str(_cfg_get(cfg, "scale", "minmax")),
+        "num_threads": _cfg_get(cfg, "num_threads"),
+        "total_seconds": float(sum({r["metric"]: r["seconds"] for r in results.values()}.values())),
+        "results": results,
+    }
+    atomic_write_json(out_path, record)
+    record["results_path"] = str(out_path)
+    print(format_table(results))
+    print(f"[evaluate] results written to {out_path}")
+    if logger:
+        logger.log_hyperparams({"mode": mode, "seed": record["seed"], "scale": record["scale"], **source})
+        flat = {}
+        for key, r in results.items():
+            flat[f"eval/{key}"] = r["mean"]
+            flat[f"eval/{key}_ci95"] = r["ci95"]
+            flat[f"eval/{key}_seconds"] = r["seconds"]
+        log_metrics(logger, flat)
+        record["log_dir"] = str(getattr(logger, "log_dir", None) or log_dir)
+    return record

@@ -1,0 +1,182 @@
+"""The TimeDiff system: future mixup only in training, AR pretraining, denoiser contract, forecasting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tsdiff.models.baselines import ARForecaster, DLinearForecaster, SeasonalNaive, fit_point_model
+from tsdiff.models.timediff import TimeDiff, mixup_mask
+
+L, H, C = 12, 4, 2
+TINY = dict(hidden=8, cond_hidden=8, step_sinusoid_dim=8, step_hidden_dim=8, num_timesteps=10)
+
+
+def tiny(**kw) -> TimeDiff:
+    return TimeDiff(L, H, C, **{**TINY, **kw})
+
+
+def sine_batches(n_batches: int = 4, batch: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(L + H, dtype=torch.float32)
+    out = []
+    for _ in range(n_batches):
+        phase = torch.rand(batch, 1, C, generator=g) * 6.28
+        level = torch.randn(batch, 1, C, generator=g)
+        x = level + torch.sin(0.5 * t.reshape(1, -1, 1) + phase) + 0.05 * torch.randn(batch, L + H, C, generator=g)
+        out.append({"lookback": x[:, :L], "future": x[:, L:]})
+    return out
+
+
+class _TinyDM:
+    """The datamodule surface the baselines use, over fixed sine batches."""
+
+    lookback, horizon, n_channels = L, H, C
+
+    def __init__(self):
+        self._train, self._val = sine_batches(6, seed=0), sine_batches(2, seed=1)
+
+    def train_dataloader(self):
+        return self._train
+
+    def val_dataloader(self):
+        return self._val
+
+
+def test_future_mixup_only_in_training():
+    model = tiny(dropout=0.0)
+    b = sine_batches(1)[0]
+    lb_n, mean, std = model.normalize(b["lookback"])
+    fut_n = (b["future"] - mean) / std
+    model.train()
+    f_train = model.condition_net(lb_n)
+    c_train = model.condition(lb_n, fut_n, torch.Generator().manual_seed(3))
+    m = torch.rand(f_train.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(c_train[..., :C], m * f_train + (1 - m) * fut_n, atol=1e-6)  # eq. (14)
+    assert c_train.shape == (16, H, 2 * C)
+    model.eval()
+    c_eval = model.condition(lb_n, fut_n)  # the future is ignored at inference (eq. 15)
+    assert torch.allclose(c_eval[..., :C], model.condition_net(lb_n))
+    assert torch.allclose(c_eval[..., C:], model.ar_model(lb_n))
+
+
+def test_mixup_switch_off_and_ar_off_change_the_condition():
+    model = tiny(dropout=0.0, future_mixup=False, use_ar=False)
+    b = sine_batches(1)[0]
+    lb_n, mean, std = model.normalize(b["lookback"])
+    model.train()
+    c = model.condition(lb_n, (b["future"] - mean) / std)
+    assert model.ar_model is None and c.shape == (16, H, C)  # c = F(x) when both are off (Table 4)
+    assert torch.allclose(c, model.condition_net(lb_n))
+
+
+@pytest.mark.parametrize("kind", ["hard", "segment"])
+def test_binary_mixup_masks_keep_a_share_tau_of_f(kind):
+    m = mixup_mask((64, 200, 4), kind, tau=0.7, generator=torch.Generator().manual_seed(0))
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    assert abs(float(m.mean()) - 0.7) < 0.05
+    if kind == "segment":  # kept-F runs have mean length ~3 (geometric), unlike i.i.d. hard masks
+        flat = m[:, :, 0].flatten().numpy()
+        starts = np.sum((flat[1:] == 1) & (flat[:-1] == 0))
+        assert 2.0 < flat.sum() / max(starts, 1) < 4.5
+    soft = mixup_mask((2, 3, 4), "soft", generator=torch.Generator().manual_seed(0))
+    assert float(soft.min()) >= 0.0 and float(soft.max()) < 1.0
+    with pytest.raises(ValueError, match="mixup_tau"):
+        mixup_mask((1, 2, 1), "hard", tau=1.0)
+
+
+def test_ar_pretraining_reduces_its_loss_and_runs_once():
+    model = tiny(ar_lr=1e-2)
+    history = model.pretrain_ar(sine_batches(4), epochs=10)
+    assert history["train_loss"][-1] < 0.7 * history["train_loss"][0]
+    assert bool(model.ar_pretrained)
+    before = model.ar_model.weight.detach().clone()
+    model.on_datamodule_ready(_TinyDM())  # already pretrained: no second run
+    assert torch.equal(before, model.ar_model.weight)
+
+
+def test_frozen_ar_stays_frozen_after_pretraining():
+    model = tiny(freeze_ar=True)
+    model.pretrain_ar(sine_batches(1), epochs=1)
+    assert not any(p.requires_grad for p in model.ar_model.parameters())
+    assert all(p.requires_grad for p in model.denoiser.parameters())
+
+
+@pytest.mark.parametrize("parameterization", ["x0", "eps"])
+def test_loss_backward_and_target(parameterization):
+    model = tiny(parameterization=parameterization)
+    model.train()
+    loss = model.diffusion_loss(sine_batches(1)[0], torch.Generator().manual_seed(0))
+    loss.backward()
+    assert math.isfinite(float(loss.detach())) and model.denoiser.decoder[-1].weight.grad is not None
+    assert model.parameterization == parameterization
+
+
+def test_denoiser_contract_and_forecast_shapes():
+    model = tiny()
+    assert model.sample_shape == (H, C) and model.schedule.num_timesteps == 10
+    with pytest.raises(TypeError, match="conditional"):
+        model.denoise(torch.randn(1, H, C), torch.tensor([0]), None)
+    lookback = sine_batches(1, batch=3)[0]["lookback"]
+    for solver, steps in (("dpm_solver++", 5), ("ddpm", None)):
+        samples, stats = model.forecast(lookback, num_samples=4, solver=solver, steps=steps, seed=1, return_stats=True)
+        assert samples.shape == (4, 3, H, C) and torch.isfinite(samples).all()
+        assert stats.network_evaluations == (5 if steps else 10)
+    again = model.forecast(lookback, num_samples=4, solver="ddpm", seed=1)
+    assert torch.equal(again, model.forecast(lookback, num_samples=4, solver="ddpm", seed=1))
+    assert model.training  # forecast restores the mode it found
+
+
+def test_forecast_denormalizes_with_the_lookback_statistics():
+    model = tiny()
+    lookback = sine_batches(1, batch=2)[0]["lookback"]
+    shifted = model.forecast(lookback + 100.0, num_samples=2, solver="dpm_solver++", steps=3, seed=0)
+    base = model.forecast(lookback, num_samples=2, solver="dpm_solver++", steps=3, seed=0)
+    assert torch.allclose(shifted, base + 100.0, atol=1e-3)  # instance norm: a level shift passes through
+
+
+def test_bad_inputs_are_clear_errors():
+    with pytest.raises(ValueError, match="model_kwargs"):
+        TimeDiff(horizon=4, n_channels=2)
+    with pytest.raises(ValueError, match="Table 6"):
+        tiny(parameterization="v")
+    with pytest.raises(ValueError, match="mixup"):
+        tiny(mixup="cutmix")
+    model = tiny()
+    with pytest.raises(ValueError, match="do not match the model"):
+        model.diffusion_loss({"lookback": torch.randn(2, L + 1, C), "future": torch.randn(2, H, C)})
+    with pytest.raises(TypeError, match="lookback"):
+        model.diffusion_loss({"x": torch.randn(2, L, C)})
+    with pytest.raises(ValueError, match=r"\(N, 12, 2\)"):
+        model.forecast(torch.randn(2, L, C + 1))
+
+
+def test_seasonal_naive_repeats_the_last_season():
+    x = np.arange(12, dtype=np.float32).reshape(1, 12, 1)
+    dm = _TinyDM()
+    pred = SeasonalNaive(season_length=3).fit(dm).predict(x)
+    assert pred[0, :, 0].tolist() == [9, 10, 11, 9]
+    assert SeasonalNaive().fit(dm).predict(x)[0, :, 0].tolist() == [11] * 4
+    with pytest.raises(ValueError, match="exceeds the lookback"):
+        SeasonalNaive(season_length=L + 1).fit(dm)
+
+
+def test_linear_baselines_fit_and_predict():
+    dm = _TinyDM()
+    lookback = dm.val_dataloader()[0]["lookback"].numpy()
+    future = dm.val_dataloader()[0]["future"].numpy()
+    naive_mse = float(np.mean((SeasonalNaive().fit(dm).predict(lookback) - future) ** 2))
+    for forecaster in (ARForecaster(epochs=15, lr=1e-2), DLinearForecaster(epochs=15, lr=1e-2, patience=15)):
+        pred = forecaster.fit(dm).predict(lookback)
+        assert pred.shape == future.shape
+        assert float(np.mean((pred - future) ** 2)) < naive_mse  # a sine is linearly predictable
+    with pytest.raises(RuntimeError, match="fit"):
+        ARForecaster().predict(lookback)
+
+
+def test_fit_point_model_validates_arguments():
+    with pytest.raises(ValueError, match="loss_space"):
+        fit_point_model(torch.nn.Linear(1, 1), [], epochs=1, loss_space="latent")
