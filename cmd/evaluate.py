@@ -9,12 +9,14 @@ All logic lives in :func:`tsdiff.tasks.evaluate.run`; see conf/evaluate.yaml for
 import hydra
 from omegaconf import DictConfig
 
-from tsdiff.tasks.evaluate import run
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    from tsdiff.tasks.cli import run_task
+    from tsdiff.tasks.evaluate import run
+
+    run_task(run, cfg)
 
 
 if __name__ == "__main__":

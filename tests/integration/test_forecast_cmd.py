@@ -1,4 +1,4 @@
-"""End to end: `cmd/train.py +model=timediff` then `cmd/forecast.py model_id=...` on the bundled stocks."""
+"""End to end: `cmd/train.py model=timediff` then `cmd/forecast.py model_id=...` on the bundled stocks."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_train_then_forecast_table(tmp_path):
     from tsdiff.tasks import forecast, train
 
     runs = tmp_path / "runs"
-    trained = train.run(_compose("train", ["+model=timediff", *TINY, "trainer=fast", "trainer.max_epochs=1",
+    trained = train.run(_compose("train", ["model=timediff", *TINY, "trainer=fast", "trainer.max_epochs=1",
                                            "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
                                            "trainer.enable_progress_bar=false", "logger=none", f"runs_dir={runs}"]))
     result = forecast.run(_compose("forecast", [

@@ -128,7 +128,9 @@ def test_fourier_override_that_contradicts_the_run_is_refused(runs_dir):
 
 
 def test_entry_points_run_as_scripts_and_report_errors_cleanly(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
+    # the real wandb logger, offline because this fake home holds no credentials
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), WANDB_SILENT="true")
     runs = tmp_path / "runs"
     cmd = [sys.executable, str(REPO / "cmd" / "train.py"), "datamodule=synthetic", "trainer=fast",
            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
@@ -136,6 +138,8 @@ def test_entry_points_run_as_scripts_and_report_errors_cleanly(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "tsdiff run_id:" in out.stdout
+    run_id = out.stdout.split("tsdiff run_id:")[1].split()[0]
+    assert list((runs / run_id / "wandb").glob("offline-run-*")), "wandb did not log offline into the run folder"
     out = subprocess.run([sys.executable, str(REPO / "cmd" / "sample.py"), f"runs_dir={runs}", "num_samples=8",
                           "num_diffusion_steps=3", "progress=false", "logger=none"],
                          capture_output=True, text=True, env=env, timeout=300)

@@ -164,7 +164,8 @@ def test_hydra_configs_instantiate_every_datamodule():
     from omegaconf import OmegaConf
 
     conf_dir = REPO / "conf" / "datamodule"
-    names = sorted(p.stem for p in conf_dir.glob("*.yaml"))
+    # forecast_*.yaml configure the forecasting datamodule (tested with TimeDiff)
+    names = sorted(p.stem for p in conf_dir.glob("*.yaml") if not p.stem.startswith("forecast_"))
     assert names == sorted(SPECS)
     for name in names:
         cfg = OmegaConf.merge(OmegaConf.create({"data_root": "data"}),

@@ -17,7 +17,6 @@ from typing import Iterator
 import numpy as np
 import torch
 
-ArrayLike = "np.ndarray | torch.Tensor"
 
 
 def to_numpy(x, name: str = "input") -> np.ndarray:

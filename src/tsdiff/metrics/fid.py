@@ -17,8 +17,9 @@ from .ts2vec import default_ts2vec_iterations, encode_full_series, train_ts2vec
 
 
 def _sqrt_psd(s: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    # torch's eigh follows torch's thread setting (NumPy's BLAS threads would ignore it).
+    w, v = torch.linalg.eigh(torch.as_tensor((s + s.T) / 2, dtype=torch.float64))
+    return ((v * w.clamp_min(0).sqrt()) @ v.T).numpy()
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -33,7 +34,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
         raise ValueError(f"inconsistent shapes: mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}")
     r = _sqrt_psd(s1)
     m = r @ s2 @ r
-    eig = np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)
+    eig = torch.linalg.eigvalsh(torch.as_tensor((m + m.T) / 2, dtype=torch.float64)).clamp_min(0).numpy()
     val = float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2.0 * np.sum(np.sqrt(eig)))
     return max(val, 0.0)
 

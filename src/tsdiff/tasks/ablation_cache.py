@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from tsdiff.tasks.benchmark_cache import (
-    check_common, container, interleaved_medians, load_model_and_data, make_sampler, quality_run, rel_l2, swd,
+    check_common, container, interleaved_medians, load_model_and_data, make_sampler, set_threads, quality_run, rel_l2, swd,
     write_outputs, _env,
 )
 from tsdiff.tasks.common import format_table
@@ -50,6 +50,7 @@ def _matched_variants(kw: dict[str, Any], e2: dict[str, Any], steps: int) -> dic
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_common(cfg)
+    set_threads(cfg)
     batch = cfg.get("batch_size")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch!r} (e.g. batch_size=64)")

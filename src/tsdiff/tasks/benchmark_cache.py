@@ -61,6 +61,14 @@ def check_common(cfg: DictConfig) -> None:
         raise ValueError(f"warmup must be a non-negative integer, got {cfg.get('warmup')!r}")
 
 
+def set_threads(cfg: DictConfig) -> None:
+    n = cfg.get("num_threads")
+    if n is not None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"num_threads must be a positive integer or null, got {n!r}")
+        torch.set_num_threads(n)
+
+
 def load_model_and_data(cfg: DictConfig):
     """The run's model (on the configured device) and its test / train windows."""
     from hydra.utils import instantiate
@@ -195,6 +203,7 @@ def token_scaling(model, device, lengths, batches, fractions, repeats: int, seed
 # ---------------------------------------------------------------------- main
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_common(cfg)
+    set_threads(cfg)
     batch_sizes = [int(b) for b in container(cfg.batch_sizes)]
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be a non-empty list of positive integers, got {batch_sizes} (e.g. batch_sizes=[1,16,64])")
@@ -280,7 +289,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fewer = sorted({*(int(v) for v in container(cfg.fewer_steps)), matched})
     comps = [("fewer-steps", "auto", n) for n in fewer if n < steps]
     for solver, ns in (container(cfg.competitors) or {}).items():
-        comps += [(solver, solver, int(n)) for n in ns]
+        label = "dpm_solver++" if solver in ("dpmpp", "dpm_solver++") else str(solver)
+        comps += [(label, solver, int(n)) for n in ns]
     for method, solver, n in comps:
         s_ = make_sampler(model, device, big, None, solver)
         med = interleaved_medians({"m": lambda: s_.sample(big, n, seed=seed)}, int(cfg.repeats), min(int(cfg.warmup), 1))

@@ -1,0 +1,56 @@
+"""Every Hydra override of the reference README composes and instantiates (no data needed)."""
+
+import pytest
+from hydra.utils import instantiate
+
+from conftest import compose_cfg
+from tsdiff.diffusion import VESDE, VPSDE
+from tsdiff.models.score_models import ScoreModule
+from tsdiff.nets.score_nets import LSTMScoreNet, TransformerScoreNet
+from tsdiff.tasks.common import instantiate_model
+
+
+@pytest.mark.parametrize(
+    "overrides,net,sde,fourier",
+    [
+        ([], TransformerScoreNet, VPSDE, True),
+        (["fourier_transform=false"], TransformerScoreNet, VPSDE, False),
+        (["score_model=lstm"], LSTMScoreNet, VPSDE, True),
+        (["score_model=default", "score_model/noise_scheduler=vesde"], TransformerScoreNet, VESDE, True),
+        (["score_model=lstm", "score_model/noise_scheduler=vesde", "fourier_transform=false"], LSTMScoreNet, VESDE, False),
+    ],
+)
+def test_model_overrides(overrides, net, sde, fourier):
+    cfg = compose_cfg("train", overrides)
+    model = instantiate_model(cfg, {"n_channels": 2, "max_len": 10})
+    assert isinstance(model, ScoreModule) and isinstance(model.net, net)
+    assert isinstance(model.schedule, sde) and model.fourier_transform is fourier
+
+
+@pytest.mark.parametrize(
+    "overrides,attr,value",
+    [
+        (["datamodule=ecg", "datamodule.smoother_width=0.5"], "smoother_width", 0.5),
+        (["datamodule=nasa", "datamodule.subdataset=discharge"], "subdataset", "discharge"),
+        (["datamodule=nasa", "datamodule.subdataset=charge"], "subdataset", "charge"),
+        (["datamodule=nasdaq"], "dataset_name", "nasdaq"),
+        (["datamodule=usdroughts"], "dataset_name", "usdroughts"),
+        (["datamodule=mimiciii"], "dataset_name", "mimiciii"),
+        (["datamodule=stocks"], "dataset_name", "stocks"),
+        (["datamodule=energy"], "dataset_name", "energy"),
+        (["datamodule=synthetic"], "dataset_name", "synthetic"),
+    ],
+)
+def test_datamodule_overrides(overrides, attr, value, tmp_path):
+    cfg = compose_cfg("train", [*overrides, f"data_root={tmp_path}"])
+    dm = instantiate(cfg.datamodule)
+    assert getattr(dm, attr) == value
+    assert str(dm.data_dir).startswith(str(tmp_path))
+
+
+@pytest.mark.parametrize("overrides", [["trainer=ddp"], ["trainer=fast"], ["logger=csv"], ["logger=none"], ["trainer.max_epochs=3"]])
+def test_trainer_and_logger_overrides_compose(overrides):
+    cfg = compose_cfg("train", overrides)
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    if overrides == ["trainer=ddp"]:
+        assert cfg.trainer.strategy == "ddp"
