@@ -30,17 +30,31 @@ The approximation
     the token's last recompute, and other tokens attend to its stale ``K_l[i], V_l[i]``. Nothing else
     is approximated: selected tokens are exact given the (partly stale) keys they attend to.
 
-Which tokens are recomputed (per sample, on the device)
+How it plugs in
+    ``start`` installs the cache as the model's ``network_hook``: the model's ``denoise`` keeps its
+    representation (frequency transform) and preconditioning (``c_skip x + c_out F``) and calls the cache
+    instead of ``F = score_network(y, t)``; ``finish`` removes the hook (also when sampling fails). What is
+    cached and approximated is therefore only the network output ``F``; the skip term stays exact.
+
+Event intensity (the cumulative-residual change), per sample, on the device
+    The quantity that matters is how far a token's cumulative residual ``sum_l D_l[i]`` has drifted since
+    it was computed, but observing it needs the network. It is predicted from the cheap relative change
+    of the token's layer-0 input, ``u_i = |h_0[i] - h_0^ref[i]| / |h_0^ref[i]|``, times a per-sample
+    sensitivity ``kappa_b`` = (measured residual drift) / (measured input change). ``kappa`` is calibrated
+    on the second evaluation (which is always full) and re-measured at every refresh (geometric running
+    mean). Under SDE sampling the input moves ~40% per step while the residual moves ~7% (measured on the
+    stocks model), so without ``kappa`` thresholds like ``tau_0 = 0.1`` would recompute everything.
+    The event intensity is ``I_i = kappa_b * u_i``, in units of relative residual drift.
+
+Which tokens are recomputed
     * the ``K`` lowest-frequency tokens (order of :func:`tsdiff.diffusion.fourier.frequency_index`:
       DC, then real/imaginary parts of frequency 1, 2, ...) -- always. In the *time* domain tokens have
       no frequency order, so ``K`` is ignored there (no forced tokens; ``stats.extra["K_effective"]``
       says 0);
-    * *events*: tokens whose event intensity ``I_i = |h_0[i] - h_0^ref[i]| / |h_0^ref[i]|`` (relative
-      change of the token's layer input since its last recompute) exceeds the threshold
-      ``tau_i = tau_0 * w_i * m_i``. ``w_i = clip(sqrt(mean_j E_j / E_i), 1/4, 4)`` is the energy weight
-      (``E_i`` the token's spectral energy: mean square of the network input at that frequency), so
-      energetic components -- which dominate the sample -- get a lower threshold; ``m_i`` is the
-      error-feedback multiplier (below);
+    * *events*: tokens with ``I_i > tau_i = tau_0 * w_i * m_i``. ``w_i = clip(sqrt(mean_j E_j / E_i), 1/4, 4)``
+      is the energy weight (``E_i`` the token's spectral energy: mean square of the network input at
+      that frequency), so energetic components -- which dominate the sample -- get a lower threshold;
+      ``m_i`` is the error-feedback multiplier (below);
     * random probes: ``round(random_probe_ratio * L)`` positions drawn per step from the policy's own
       seeded generator, shared by the whole batch, so that cached tokens are re-measured now and then;
     * a sample whose energy-weighted mean intensity exceeds ``tau_warn`` (or that selects more than
@@ -51,23 +65,25 @@ Error feedback (every ``R`` steps)
     measures each token's drift ``e_i = |sum_l (D_l^new[i] - D_l^cached[i])| / rms_j |sum_l D_l^new[j]|``.
     The threshold multiplier is steered towards the error target (``error_target``, default ``tau_0``):
     ``m_i <- clip(m_i * clip(sqrt(target / e_i), 1/2, 2), 1/16, 16)`` -- tokens whose cache drifted too
-    far are recomputed more readily afterwards, tokens that stayed accurate are cached longer.
+    far are recomputed more readily afterwards, tokens that stayed accurate are cached longer; ``kappa``
+    is re-measured at the same time. With ``error_feedback=False`` both stay at their calibrated values.
 
 Step-level path (``mode="step"``)
     At batch 1 on small models the gathers, scatters and Python overhead of the token path cost about
     as much as the work they save. The step-level path caches the whole network's residual
     ``D = h_L - h_0`` per sample and, on a reused step, returns ``readout(h_0 + D)`` with the fresh
     input embedding: one embedding and one read-out instead of all layers. A sample is recomputed when
-    its energy-weighted mean intensity exceeds ``tau_0 * s_b`` (``s_b`` its error-feedback scale, fed
-    back from the read-out error measured at the refresh steps); every ``R``-th evaluation is a full
-    refresh. ``mode="auto"`` (default) takes the token path when the sequence has at least
+    its energy-weighted mean intensity exceeds ``tau_0 * s_b`` (``s_b`` its error-feedback scale, steered
+    by the residual drift measured whenever the sample is recomputed, like ``m_i``); every ``R``-th
+    evaluation is a full refresh. ``tau_warn`` and the probes have no role on this path. ``mode="auto"`` (default) takes the token path when the sequence has at least
     ``AUTO_TOKEN_MIN_LEN`` tokens and the batch at least ``AUTO_TOKEN_MIN_BATCH`` samples, the step path
     otherwise (see the benchmark in ``cmd/benchmark_cache.py`` for the measurements behind this rule).
 
 Other score networks (LSTM, plain callables)
-    Have no token structure to gather: they get the step-level path on the *output* (a reused step
-    returns the sample's last computed network output), with the intensity measured on the network
-    input. ``mode="token"`` on them raises a clear error; ``stats.extra["path"]`` always says which path
+    Have no token structure to gather: they get the step-level path on the network *output* ``F``
+    (a reused step returns the sample's last computed ``F``; the model's skip term stays fresh), with the
+    intensity measured on the network input (plain callables without a hook: on the whole denoiser
+    output). ``mode="token"`` on them raises a clear error; ``stats.extra["path"]`` always says which path
     ran.
 
 Correctness properties (tested)
