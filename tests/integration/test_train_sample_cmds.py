@@ -149,3 +149,12 @@ def test_entry_points_run_as_scripts_and_report_errors_cleanly(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 2
     assert "Unknown model_id 'zzz'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sample_command_takes_cache_overrides(runs_dir):
+    train_tiny(runs_dir)
+    res = sample_run(runs_dir, "latest", "use_cache=true", "cache_kwargs.tau_0=0.2", "cache_kwargs.R=4")
+    cache = res["sampling"]["cache"]
+    assert cache["network_calls"] == 5 and cache["full_steps"] >= 2
+    with pytest.raises(ValueError, match="cache_kwargs.K"):
+        sample_run(runs_dir, "latest", "use_cache=true", "cache_kwargs.K=-1")

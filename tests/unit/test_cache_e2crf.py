@@ -16,6 +16,15 @@ from tsdiff.sampling import DiffusionSampler
 L, C, STEPS = 16, 2, 12
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP stalls when the CPU is shared with other processes."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def _model(lstm=False, fourier=True, length=L, seed=0):
     torch.manual_seed(seed)
     if lstm:

@@ -11,6 +11,8 @@ def make_cache_policy(use_cache: bool = False, cache_kwargs: dict | None = None)
     ``use_cache=False`` gives :class:`NoCache`. ``use_cache=True`` gives the E2-CRF cache configured by
     ``cache_kwargs`` (``K``, ``tau_0``, ``R``, ``tau_warn``, ``random_probe_ratio``, ...).
     """
+    # unset keys (None, as listed in conf/sample.yaml) mean "the policy's default"
+    cache_kwargs = {k: v for k, v in (cache_kwargs or {}).items() if v is not None}
     if not use_cache:
         if cache_kwargs:
             raise ValueError("cache_kwargs were given but use_cache is False; set use_cache=True to use them")

@@ -16,6 +16,8 @@ What happens where
 * **Diffusion** over the future only (Sec. 3.1), K = 100 steps, cosine betas clipped to [1e-4, 0.1]
   (:class:`~tsdiff.diffusion.schedules.CosineSchedule`). The denoiser predicts the data ``x0`` (eq. 19;
   ``parameterization="eps"`` is Table 6's ablation, eq. 8).
+* **Denoiser output**: ``x_theta = decoder(concat(c, z_2)) + z_mix`` (``decoder_residual=true``, the
+  authors' released code); ``decoder_residual=false`` is the bare decoder of Fig. 1.
 * **Sampling** goes through the shared :class:`~tsdiff.sampling.DiffusionSampler` via the denoiser
   contract (``denoise``, ``schedule``, ``parameterization``, ``sample_shape``); ``cond`` is
   ``{"c": (N, H, cond_channels)}``. ``solver="ddpm"`` with 100 steps is Algorithm 2 / eq. (18);
@@ -150,6 +152,7 @@ class TimeDiff(pl.LightningModule):
         step_sinusoid_dim: int = 128,
         step_hidden_dim: int = 128,
         dropout: float = 0.1,
+        decoder_residual: bool = True,
         num_timesteps: int = 100,
         beta_start: float = 1e-4,
         beta_end: float = 0.1,
@@ -204,7 +207,8 @@ class TimeDiff(pl.LightningModule):
         self.denoiser = denoiser if denoiser is not None else TimeDiffDenoiser(
             c, self.horizon, cond_channels, hidden=hidden, n_proj_blocks=n_proj_blocks,
             n_encoder_blocks=n_encoder_blocks, n_decoder_blocks=n_decoder_blocks,
-            step_sinusoid_dim=step_sinusoid_dim, step_hidden_dim=step_hidden_dim, dropout=dropout)
+            step_sinusoid_dim=step_sinusoid_dim, step_hidden_dim=step_hidden_dim, dropout=dropout,
+            residual=decoder_residual)
         self.register_buffer("ar_pretrained", torch.tensor(False))
         self._train_gen: torch.Generator | None = None
         self._val_gen: torch.Generator | None = None

@@ -158,6 +158,12 @@ class TimeDiffDenoiser(nn.Module):
     * encoder: blocks ``2d' -> d'' -> ... -> d''`` give ``z_2^k``;
     * decoder: ``concat(c, z_2^k)`` (``cond_channels + d''`` channels) -> blocks -> a plain Conv1d to
       ``d`` outputs (no norm/activation: the output is data or noise, unbounded).
+    * ``residual=True`` (default): the decoder output is added to ``z_mix`` (the first ``d`` channels of
+      ``c``), ``x_theta = decoder(concat(c, z_2^k)) + z_mix``, as in the authors' released code
+      (``use_residual``, ``out = combine_conv(out) + pred_out``). Without it ``c`` reaches the output
+      only through three conv/BatchNorm/Dropout layers, the conditioning network ``F`` gets no direct
+      signal and the denoiser learned to predict worse than the AR model it is given (energy: val MSE
+      0.356 vs AR 0.263 after 300 steps; 0.267 with the residual).
 
     ``cond_channels`` is ``2d`` for ``c = concat(z_mix, z_ar)`` (eq. 13) and ``d`` when the AR model is
     switched off (Table 4's ablation). The output is read as ``x0`` or ``eps`` by the system.
@@ -165,12 +171,17 @@ class TimeDiffDenoiser(nn.Module):
 
     def __init__(self, n_channels: int, horizon: int, cond_channels: int, hidden: int = 256,
                  n_proj_blocks: int = 2, n_encoder_blocks: int = 2, n_decoder_blocks: int = 2,
-                 step_sinusoid_dim: int = 128, step_hidden_dim: int = 128, dropout: float = 0.1):
+                 step_sinusoid_dim: int = 128, step_hidden_dim: int = 128, dropout: float = 0.1,
+                 residual: bool = True):
         super().__init__()
         _check_positive(n_channels=n_channels, horizon=horizon, cond_channels=cond_channels, hidden=hidden,
                         n_proj_blocks=n_proj_blocks, n_encoder_blocks=n_encoder_blocks,
                         n_decoder_blocks=n_decoder_blocks)
         self.n_channels, self.horizon, self.cond_channels = n_channels, horizon, cond_channels
+        if residual and cond_channels < n_channels:
+            raise ValueError(f"residual=True adds z_mix (the first {n_channels} channels of c) to the output; "
+                             f"cond_channels={cond_channels} is too small")
+        self.residual = bool(residual)
         self.input_proj = nn.Sequential(
             ConvBlock(n_channels, hidden, dropout=dropout),
             *[ConvBlock(hidden, hidden, dropout=dropout) for _ in range(n_proj_blocks - 1)],
@@ -195,8 +206,10 @@ class TimeDiffDenoiser(nn.Module):
         z1 = self.input_proj(x.transpose(1, 2))  # (B, d', H)
         p = self.step_embedding(k).unsqueeze(-1).expand(-1, -1, z1.shape[-1])  # (B, d', H)
         z2 = self.encoder(torch.cat([z1, p], dim=1))  # (B, d'', H)
-        out = self.decoder(torch.cat([cond.transpose(1, 2), z2], dim=1))  # (B, d, H)
-        return out.transpose(1, 2)
+        out = self.decoder(torch.cat([cond.transpose(1, 2), z2], dim=1)).transpose(1, 2)  # (B, H, d)
+        if self.residual:
+            out = out + cond[..., : self.n_channels]  # + z_mix
+        return out
 
 
 class _MovingAverage(nn.Module):

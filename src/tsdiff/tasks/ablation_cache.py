@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from tsdiff.tasks.benchmark_cache import (
@@ -50,7 +51,14 @@ def _matched_variants(kw: dict[str, Any], e2: dict[str, Any], steps: int) -> dic
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_common(cfg)
-    set_threads(cfg)
+    prev_threads = set_threads(cfg)
+    try:
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
     batch = cfg.get("batch_size")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch!r} (e.g. batch_size=64)")
