@@ -101,3 +101,19 @@ def test_wrong_layout_is_a_clear_error():
         net(torch.randn(2, 3, 16))  # (batch, channels, length) by mistake
     with pytest.raises(ValueError, match="positive integer"):
         ARLinear(3, 0, 4)
+
+
+def test_denoiser_residual_adds_z_mix_to_the_decoder_output():
+    """decoder_residual (authors' code): x_theta = decoder(concat(c, z_2)) + z_mix, z_mix = c[..., :d]."""
+    torch.manual_seed(0)
+    d, h = 3, 8
+    net = TimeDiffDenoiser(d, h, 2 * d, hidden=16).eval()
+    final = net.decoder[-1]
+    nn.init.zeros_(final.weight)
+    nn.init.zeros_(final.bias)
+    x, k, c = torch.randn(2, h, d), torch.tensor([1.0, 50.0]), torch.randn(2, h, 2 * d)
+    assert torch.allclose(net(x, k, c), c[..., :d])
+    bare = TimeDiffDenoiser(d, h, 2 * d, hidden=16, residual=False).eval()
+    nn.init.zeros_(bare.decoder[-1].weight)
+    nn.init.zeros_(bare.decoder[-1].bias)
+    assert torch.allclose(bare(x, k, c), torch.zeros(2, h, d))

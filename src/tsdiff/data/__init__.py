@@ -1,0 +1,69 @@
+"""tsdiff data layer: LightningDataModules for every data set of the paper and the offline benchmarks.
+
+Hydra names (``datamodule=<name>``) and classes:
+
+=============  ==========================  ===============================================
+name           class                       source
+=============  ==========================  ===============================================
+stocks         :class:`StocksDataModule`   bundled (TimeGAN / Diffusion-TS), offline
+energy         :class:`EnergyDataModule`   bundled (UCI appliances energy), offline
+synthetic      :class:`SyntheticDataModule` generated from ``seed``
+ecg            :class:`ECGDataModule`      Kaggle shayanfazeli/heartbeat
+nasdaq         :class:`NASDAQDataModule`   Kaggle jacksoncrow/stock-market-dataset
+nasa           :class:`NASADataModule`     Kaggle patrickfleith/nasa-battery-dataset
+usdroughts     :class:`USDroughtsDataModule` Kaggle cdminix/us-drought-meteorological-data
+mimiciii       :class:`MIMICIIIDataModule` PhysioNet (restricted; manual download)
+=============  ==========================  ===============================================
+
+Every datamodule yields ``{"x": FloatTensor(batch, seq_len, channels)}`` batches, standardized with
+statistics of the training split; see :mod:`tsdiff.data.base`.
+"""
+
+from tsdiff.data.base import Scaler, TimeSeriesDataModule, WindowDataset, sliding_windows
+from tsdiff.data.datamodules import (
+    ECGDataModule,
+    EnergyDataModule,
+    MIMICIIIDataModule,
+    NASADataModule,
+    NASDAQDataModule,
+    StocksDataModule,
+    USDroughtsDataModule,
+    smooth_frequency,
+)
+from tsdiff.data.errors import DataFormatError, DatasetUnavailableError
+from tsdiff.data.specs import SPECS, DatasetSpec, get_spec
+from tsdiff.data.synthetic import SyntheticDataModule, make_sinusoids
+
+DATAMODULES = {
+    "stocks": StocksDataModule,
+    "energy": EnergyDataModule,
+    "synthetic": SyntheticDataModule,
+    "ecg": ECGDataModule,
+    "nasdaq": NASDAQDataModule,
+    "nasa": NASADataModule,
+    "usdroughts": USDroughtsDataModule,
+    "mimiciii": MIMICIIIDataModule,
+}
+
+__all__ = [
+    "DATAMODULES",
+    "DataFormatError",
+    "DatasetSpec",
+    "DatasetUnavailableError",
+    "ECGDataModule",
+    "EnergyDataModule",
+    "MIMICIIIDataModule",
+    "NASADataModule",
+    "NASDAQDataModule",
+    "SPECS",
+    "Scaler",
+    "StocksDataModule",
+    "SyntheticDataModule",
+    "TimeSeriesDataModule",
+    "USDroughtsDataModule",
+    "WindowDataset",
+    "get_spec",
+    "make_sinusoids",
+    "sliding_windows",
+    "smooth_frequency",
+]
