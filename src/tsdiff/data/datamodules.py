@@ -14,6 +14,7 @@ import io
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -134,22 +135,11 @@ class ECGDataModule(TimeSeriesDataModule):
     def __init__(
         self,
         data_dir: str = "data/ecg",
-        seq_len: int | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.0,
-        standardize: bool = True,
-        stride: int | None = None,
-        drop_last: bool = False,
         smoother_width: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            data_dir=data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, seed=seed,
-            val_fraction=val_fraction, test_fraction=test_fraction, standardize=standardize, stride=stride,
-            drop_last=drop_last,
-        )
+        kwargs.setdefault("test_fraction", 0.0)
+        super().__init__(data_dir=data_dir, **kwargs)
         if smoother_width < 0:
             raise ValueError(f"smoother_width={smoother_width} must be >= 0 (0 disables smoothing)")
         self.smoother_width = float(smoother_width)
@@ -230,22 +220,10 @@ class NASDAQDataModule(_CachedCollectionDataModule):
     def __init__(
         self,
         data_dir: str = "data/nasdaq",
-        seq_len: int | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        standardize: bool = True,
-        stride: int | None = None,
-        drop_last: bool = False,
         cache: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            data_dir=data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, seed=seed,
-            val_fraction=val_fraction, test_fraction=test_fraction, standardize=standardize, stride=stride,
-            drop_last=drop_last,
-        )
+        super().__init__(data_dir=data_dir, **kwargs)
         self.cache = bool(cache)
 
     def preprocess(self) -> tuple[np.ndarray, list[str]]:
@@ -318,18 +296,10 @@ class NASADataModule(_CachedCollectionDataModule):
     def __init__(
         self,
         data_dir: str = "data/nasa",
-        seq_len: int | None = None,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        standardize: bool = True,
-        stride: int | None = None,
-        drop_last: bool = False,
         subdataset: str = "charge",
         remove_outlier_feature: bool = True,
         cache: bool = True,
+        **kwargs: Any,
     ) -> None:
         if subdataset not in self.settings:
             raise ValueError(f"subdataset={subdataset!r} is not valid; use datamodule.subdataset=charge or discharge")
@@ -342,11 +312,10 @@ class NASADataModule(_CachedCollectionDataModule):
         if self.remove_outlier_feature and subdataset == "charge":
             n_bins = math.ceil(n_bins / 2)
         self.native_len = n_bins
-        super().__init__(
-            data_dir=data_dir, seq_len=seq_len if seq_len is not None else n_bins, batch_size=batch_size,
-            num_workers=num_workers, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-            standardize=standardize, stride=stride, drop_last=drop_last,
-        )
+        kwargs.setdefault("batch_size", 16)
+        if kwargs.get("seq_len") is None:
+            kwargs["seq_len"] = n_bins
+        super().__init__(data_dir=data_dir, **kwargs)
         self.cache = bool(cache)
 
     def cache_key(self) -> str:
@@ -439,23 +408,11 @@ class USDroughtsDataModule(_CachedCollectionDataModule):
     def __init__(
         self,
         data_dir: str = "data/usdroughts",
-        seq_len: int | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        standardize: bool = True,
-        stride: int | None = None,
-        drop_last: bool = False,
         cache: bool = True,
         chunksize: int = 1_000_000,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            data_dir=data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, seed=seed,
-            val_fraction=val_fraction, test_fraction=test_fraction, standardize=standardize, stride=stride,
-            drop_last=drop_last,
-        )
+        super().__init__(data_dir=data_dir, **kwargs)
         self.cache = bool(cache)
         self.chunksize = int(chunksize)
 
@@ -562,22 +519,11 @@ class MIMICIIIDataModule(TimeSeriesDataModule):
     def __init__(
         self,
         data_dir: str = "data/mimiciii",
-        seq_len: int | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.0,
-        standardize: bool = True,
-        stride: int | None = None,
-        drop_last: bool = False,
         n_feats: int = 40,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            data_dir=data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, seed=seed,
-            val_fraction=val_fraction, test_fraction=test_fraction, standardize=standardize, stride=stride,
-            drop_last=drop_last,
-        )
+        kwargs.setdefault("test_fraction", 0.0)
+        super().__init__(data_dir=data_dir, **kwargs)
         if int(n_feats) < 1:
             raise ValueError(f"n_feats={n_feats} must be >= 1")
         self.n_feats = int(n_feats)

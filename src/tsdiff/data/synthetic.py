@@ -11,6 +11,8 @@ of frequency-domain diffusion.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from tsdiff.data.base import TimeSeriesDataModule
@@ -62,25 +64,13 @@ class SyntheticDataModule(TimeSeriesDataModule):
     def __init__(
         self,
         data_dir: str = "data/synthetic",
-        seq_len: int | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        standardize: bool = True,
-        stride: int | None = None,
-        drop_last: bool = False,
         n_samples: int = 4000,
         n_channels: int = 3,
         n_components: int = 2,
         noise_std: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            data_dir=data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, seed=seed,
-            val_fraction=val_fraction, test_fraction=test_fraction, standardize=standardize, stride=stride,
-            drop_last=drop_last,
-        )
+        super().__init__(data_dir=data_dir, **kwargs)
         self.n_samples = int(n_samples)
         self.n_generated_channels = int(n_channels)
         self.n_components = int(n_components)
