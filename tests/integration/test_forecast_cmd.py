@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-
+from conftest import compose_cfg as _compose
 from tsdiff.data.errors import DataFormatError
-
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 TINY = [
     "datamodule=forecast_stocks",
@@ -24,10 +20,6 @@ TINY = [
     "model.ar_pretrain_epochs=1",
 ]
 
-
-def _compose(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 def test_train_then_forecast_table(tmp_path):

@@ -24,12 +24,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from tsdiff.tasks.benchmark_cache import (
-    check_common, container, interleaved_medians, load_model_and_data, make_sampler, set_threads, quality_run, rel_l2, swd,
-    write_outputs, _env,
+    _env, container, interleaved_medians, load_model_and_data, make_sampler, quality_run, rel_l2, run_checked, swd,
+    write_outputs,
 )
 from tsdiff.tasks.common import format_table
 
@@ -50,12 +49,7 @@ def _matched_variants(kw: dict[str, Any], e2: dict[str, Any], steps: int) -> dic
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    check_common(cfg)
-    prev_threads = set_threads(cfg)
-    try:
-        return _run(cfg)
-    finally:
-        torch.set_num_threads(prev_threads)
+    return run_checked(cfg, _run)
 
 
 def _run(cfg: DictConfig) -> dict[str, Any]:

@@ -73,6 +73,16 @@ def set_threads(cfg: DictConfig) -> int:
     return prev
 
 
+def run_checked(cfg: DictConfig, body) -> dict[str, Any]:
+    """Validate the shared options, apply ``num_threads`` for the duration of ``body(cfg)``, restore it."""
+    check_common(cfg)
+    prev_threads = set_threads(cfg)
+    try:
+        return body(cfg)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
 def load_model_and_data(cfg: DictConfig):
     """The run's model (on the configured device) and its test / train windows."""
     from hydra.utils import instantiate
@@ -206,12 +216,7 @@ def token_scaling(model, device, lengths, batches, fractions, repeats: int, seed
 
 # ---------------------------------------------------------------------- main
 def run(cfg: DictConfig) -> dict[str, Any]:
-    check_common(cfg)
-    prev_threads = set_threads(cfg)
-    try:
-        return _run(cfg)
-    finally:
-        torch.set_num_threads(prev_threads)
+    return run_checked(cfg, _run)
 
 
 def _run(cfg: DictConfig) -> dict[str, Any]:
