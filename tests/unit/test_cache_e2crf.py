@@ -231,3 +231,51 @@ def test_bad_parameters_get_clear_errors(kw, word):
         make_cache_policy(True, kw)
     with pytest.raises(TypeError):
         E2CRFCache(unknown_option=1)
+
+
+def test_output_sensitivity_is_small_at_both_ends_and_peaks_at_the_data_scale():
+    """omega = s d / (s^2 + d^2) for the preconditioned x0 network: at most 1/2, reached where the
+    noise-to-signal ratio s equals the component's data std d."""
+    m = _model()
+    t = torch.tensor([m.schedule.t_min, 0.5, 1.0])
+    omega = m.output_sensitivity(t)
+    assert omega.shape == (3, L, C) and (omega >= 0).all() and (omega <= 0.5 + 1e-6).all()
+    assert omega[0].max() < 0.01 and omega[2].max() < 0.1 < omega[1].max()
+    alpha, sigma = m.schedule.alpha_sigma(t[1:2])
+    s = float(sigma / alpha)
+    d = m.data_std.clone()
+    with torch.no_grad():
+        m.data_std.fill_(s)  # every component exactly at its peak
+    torch.testing.assert_close(m.output_sensitivity(t[1:2]), torch.full((1, L, C), 0.5))
+    with torch.no_grad():
+        m.data_std.copy_(d)
+    m.parameterization = "eps"
+    eps_omega = m.output_sensitivity(t)
+    assert (eps_omega[2] > eps_omega[0]).all()  # an eps error matters most at high noise
+
+
+def test_energetic_tokens_get_lower_thresholds():
+    m = _model()  # data std grows along the sequence
+    cache = E2CRFCache()
+    cache._module = m
+    w = cache._energy_weights(torch.randn(2, L, C))
+    assert w.shape == (1, L) and torch.all(w[0, 1:] <= w[0, :-1]) and w[0, 0] > 1 > w[0, -1]
+    flat = E2CRFCache(energy_weighting=False)
+    flat._module = m
+    assert torch.all(flat._energy_weights(torch.randn(2, L, C)) == 1)
+
+
+def test_larger_tau_0_means_more_reuse():
+    m = _model()
+    fractions = [_sample(m, 2, {**LOOSE, "mode": mode, "tau_0": tau}, seed=0)[1]["fraction_recomputed"]
+                 for mode in ("step", "token") for tau in (0.001, 0.5)]
+    assert fractions[0] > fractions[1] and fractions[2] > fractions[3]
+
+
+def test_stats_of_chunks_are_merged_not_overwritten():
+    from tsdiff.caching.base import CacheStats
+
+    a = CacheStats(network_calls=10, extra={"K_effective": 5, "sample_full_recomputes": 2, "mean_kappa": 0.5, "path": "step"})
+    b = CacheStats(network_calls=30, extra={"K_effective": 5, "sample_full_recomputes": 3, "mean_kappa": 1.0, "path": "step"})
+    extra = a.merge(b).extra
+    assert extra == {"K_effective": 5, "sample_full_recomputes": 5, "mean_kappa": 0.875, "path": "step"}

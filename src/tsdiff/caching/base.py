@@ -26,6 +26,9 @@ class CacheStats:
     cache_bytes: int = 0  #: peak bytes held by the cache
     extra: dict[str, Any] = field(default_factory=dict)
 
+    #: ``extra`` keys that describe the run's settings rather than count something (not summed by ``merge``)
+    CONSTANT_EXTRA = frozenset({"K_effective", "path", "mode", "selection"})
+
     @property
     def fraction_recomputed(self) -> float:
         return self.tokens_recomputed / self.tokens_total if self.tokens_total else 1.0
@@ -42,8 +45,22 @@ class CacheStats:
         return self.network_calls * self.fraction_recomputed
 
     def merge(self, other: "CacheStats") -> "CacheStats":
+        """Stats of two runs (e.g. two chunks) together. In ``extra``, integer counts are summed, other
+        numbers are averaged weighted by network calls, and settings (``CONSTANT_EXTRA``, strings, ...)
+        keep the latest value."""
         extra = dict(self.extra)
-        extra.update(other.extra)
+        w_self, w_other = self.network_calls, other.network_calls
+        for key, value in other.extra.items():
+            old = extra.get(key)
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if numeric and key not in self.CONSTANT_EXTRA and isinstance(old, (int, float)) and not isinstance(old, bool):
+                if isinstance(value, int) and isinstance(old, int):
+                    extra[key] = old + value
+                else:
+                    total = w_self + w_other
+                    extra[key] = (old * w_self + value * w_other) / total if total else value
+            else:
+                extra[key] = value
         return CacheStats(
             network_calls=self.network_calls + other.network_calls,
             full_steps=self.full_steps + other.full_steps,

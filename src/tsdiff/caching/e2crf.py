@@ -36,55 +36,85 @@ How it plugs in
     instead of ``F = score_network(y, t)``; ``finish`` removes the hook (also when sampling fails). What is
     cached and approximated is therefore only the network output ``F``; the skip term stays exact.
 
-Event intensity (the cumulative-residual change), per sample, on the device
-    The quantity that matters is how far a token's cumulative residual ``sum_l D_l[i]`` has drifted since
-    it was computed, but observing it needs the network. It is predicted from the cheap relative change
-    of the token's layer-0 input, ``u_i = |h_0[i] - h_0^ref[i]| / |h_0^ref[i]|``, times a per-sample
-    sensitivity ``kappa_b`` = (measured residual drift) / (measured input change). ``kappa`` is calibrated
-    on the second evaluation (which is always full) and re-measured at every refresh (geometric running
-    mean). Under SDE sampling the input moves ~40% per step while the residual moves ~7% (measured on the
-    stocks model), so without ``kappa`` thresholds like ``tau_0 = 0.1`` would recompute everything.
-    The event intensity is ``I_i = kappa_b * u_i``, in units of relative residual drift.
+Event intensity: the predicted harm of a reuse, per sample, on the device
+    What a reused token costs is not how much its features changed but how much the stale output moves
+    the *sample*. Three factors, each cheap to evaluate before the network runs:
+
+    * the predicted change of the token's network output ``|dF_i| ~ kappa_b * m_i * u_i * |F_i|``, from
+      the relative change of its layer-0 input since its last recompute, ``u_i = |h_0[i] - h_0^ref[i]| /
+      |h_0^ref[i]|`` (value + position + time embedding). ``kappa_b`` (per sample) and ``m_i`` (per
+      token) are the sensitivities measured by error feedback (below);
+    * the output sensitivity ``omega_i(t)`` of the model (``ScoreModule.output_sensitivity``): how far an
+      error in ``F`` at this noise level moves the final sample, in units of the component's data std
+      (``s d / (s^2 + d^2)`` for the preconditioned x0 network: ~0 at very high noise, where the sample
+      still forgets, and at very low noise, where ``c_out -> 0``). Plain denoisers without it get the
+      same formula with ``d = 1``;
+    * the step size ``phi = 1 - exp(-|d lambda|)`` (``lambda = log(alpha / sigma)``, the change since the
+      previous evaluation): the weight of the data prediction in a first-order step (DPM-Solver++ /
+      DDIM), so the price does not depend on how many steps the grid has.
+
+    ``g_i = phi * kappa_b * m_i * u_i * rms_c(omega_ic * F_ic)`` is what reusing token ``i`` once more
+    adds to the sample's deviation, in units of the token's own data std. Divided by the token's energy
+    weight ``w_i`` (below) it is in units of the whole sample's rms -- the scale of relative L2 and of the
+    Wasserstein metrics. The **event intensity** of a token is ``I_i = (A_i + g_i) / w_i``, where ``A_i``
+    sums the ``g_i`` of the token's reuses since its last recompute; ``tau_0 = 0.1`` therefore reads
+    "a token may push the sample by 10 % of its rms before it is recomputed". Why not the raw residual
+    change: under SDE sampling every token's input moves ~45 % per step and its residual ~15 % at every
+    noise level, so a threshold on it recomputes almost everything (86 % at ``tau_0 = 0.1`` on the
+    main-job model: a 0.94x "speed-up"), although reusing in the first and last third of the steps is
+    nearly free (measured: see ``ScoreModule.output_sensitivity``).
 
 Which tokens are recomputed
     * the ``K`` lowest-frequency tokens (order of :func:`tsdiff.diffusion.fourier.frequency_index`:
       DC, then real/imaginary parts of frequency 1, 2, ...) -- always. In the *time* domain tokens have
       no frequency order, so ``K`` is ignored there (no forced tokens; ``stats.extra["K_effective"]``
       says 0);
-    * *events*: tokens with ``I_i > tau_i = tau_0 * w_i * m_i``. ``w_i = clip(sqrt(mean_j E_j / E_i), 1/4, 4)``
-      is the energy weight (``E_i`` the token's spectral energy: mean square of the network input at
-      that frequency), so energetic components -- which dominate the sample -- get a lower threshold;
-      ``m_i`` is the error-feedback multiplier (below);
+    * *events*: tokens with ``I_i > tau_0``, i.e. ``A_i + g_i > tau_0 * w_i``: an **energy-weighted
+      threshold** with ``w_i = clip(sqrt(mean_j E_j / E_i), 1/16, 16)`` and ``E_i`` the token's spectral
+      energy in the data (mean square of the model's per-component data std; the current network input's
+      when the model has none). Energetic components, which dominate the sample, get a lower threshold;
+      near-silent high frequencies a higher one. Measured on the main-job model (step path, 64 samples,
+      100 steps): at the same ~12 % of the work, relative L2 to uncached 0.142 with and 0.167 without;
     * random probes: ``round(random_probe_ratio * L)`` positions drawn per step from the policy's own
       seeded generator, shared by the whole batch, so that cached tokens are re-measured now and then;
-    * a sample whose energy-weighted mean intensity exceeds ``tau_warn`` (or that selects more than
+    * a sample whose rms intensity ``rms_i I_i`` exceeds ``tau_warn`` (or that selects more than
       ``full_fraction`` of its tokens, where gathering cannot pay) is recomputed in full.
 
 Error feedback (every ``R`` steps)
-    Every ``R``-th evaluation recomputes everything (a refresh) and, before overwriting the caches,
-    measures each token's drift ``e_i = |sum_l (D_l^new[i] - D_l^cached[i])| / rms_j |sum_l D_l^new[j]|``.
-    The threshold multiplier is steered towards the error target (``error_target``, default ``tau_0``):
-    ``m_i <- clip(m_i * clip(sqrt(target / e_i), 1/2, 2), 1/16, 16)`` -- tokens whose cache drifted too
-    far are recomputed more readily afterwards, tokens that stayed accurate are cached longer; ``kappa``
-    is re-measured at the same time. With ``error_feedback=False`` both stay at their calibrated values.
+    Every ``R``-th evaluation recomputes everything (a refresh). Before overwriting the caches it
+    evaluates what reuse *would* have returned (one extra read-out of ``h_0 + sum_l D_l^cached``) and
+    compares the real output drift with the predicted one: ``kappa_b`` moves to the observed ratio
+    (geometric mean of old and new), and each token's ``m_i`` by ``clip(sqrt(observed / predicted),
+    1/2, 2)`` (kept in [1/16, 16]) -- tokens whose drift was underestimated are recomputed sooner, the
+    others are cached longer. The second evaluation is always a full one and calibrates ``kappa``. With
+    ``error_feedback=False`` both stay at their calibrated values.
 
 Step-level path (``mode="step"``)
     At batch 1 on small models the gathers, scatters and Python overhead of the token path cost about
     as much as the work they save. The step-level path caches the whole network's residual
     ``D = h_L - h_0`` per sample and, on a reused step, returns ``readout(h_0 + D)`` with the fresh
-    input embedding: one embedding and one read-out instead of all layers. A sample is recomputed when
-    its energy-weighted mean intensity exceeds ``tau_0 * s_b`` (``s_b`` its error-feedback scale, steered
-    by the residual drift measured whenever the sample is recomputed, like ``m_i``); every ``R``-th
-    evaluation is a full refresh. ``tau_warn`` and the probes have no role on this path. ``mode="auto"`` (default) takes the token path when the sequence has at least
+    input embedding: one embedding and one read-out instead of all layers. A sample's intensity is
+    ``A_b + G_b`` with ``G_b = rms_i(g_i / w_i)`` (its tokens' predicted deviations in units of its rms)
+    and ``A_b`` the sum of ``G_b`` over its reuses since its last recompute; it is recomputed when that
+    passes ``tau_0``, and at every ``R``-th evaluation, where the real drift is measured and ``kappa_b``
+    updated (error feedback). ``tau_warn``, ``K`` and the probes have no role on this path.
+    ``mode="auto"`` (default) takes the token path when the sequence has at least
     ``AUTO_TOKEN_MIN_LEN`` tokens and the batch at least ``AUTO_TOKEN_MIN_BATCH`` samples, the step path
     otherwise (see the benchmark in ``cmd/benchmark_cache.py`` for the measurements behind this rule).
 
 Other score networks (LSTM, plain callables)
     Have no token structure to gather: they get the step-level path on the network *output* ``F``
-    (a reused step returns the sample's last computed ``F``; the model's skip term stays fresh), with the
-    intensity measured on the network input (plain callables without a hook: on the whole denoiser
-    output). ``mode="token"`` on them raises a clear error; ``stats.extra["path"]`` always says which path
-    ran.
+    (a reused step returns the sample's last computed ``F``; the model's skip term stays fresh), priced
+    like the step path with the relative change of the whole network input as ``u`` (plain callables
+    without a hook: reuse of the whole denoiser output). ``mode="token"`` on them raises a clear error;
+    ``stats.extra["path"]`` always says which path ran.
+
+Direction of the knobs
+    ``tau_0`` is a threshold on the event intensity, so a *larger* ``tau_0`` means more reuse (faster,
+    further from uncached sampling) and ``tau_0 = 0`` recomputes everything; likewise a larger ``K`` and
+    a smaller ``R`` mean more computation. The reference README's tuning notes state the opposite for
+    ``tau_0`` and ``K`` in places (and contradict themselves on ``K``); tsdiff follows the definition of
+    the mechanism (tokens whose intensity *exceeds* the threshold are recomputed).
 
 Correctness properties (tested)
     * ``R=1`` (or ``tau_0=0``) recomputes everything each step and reproduces uncached sampling.
@@ -99,8 +129,9 @@ in full and the largest gather size), needed to size the gathered tensors; selec
 (thresholds, top-k, masks) stays on the device.
 
 Ablation variants (options): ``event_trigger=False`` (only forced tokens and probes), ``error_feedback=False``
-(fixed thresholds), ``energy_weighting=False`` (``w_i = 1``, plain-mean sample intensity),
-``selection="random"`` (recompute a random ``budget`` fraction of tokens per step),
+(sensitivities stay at their calibration), ``energy_weighting=False`` (``w_i = 1``: deviations in units of
+each component's own data std),
+``selection="random"`` (recompute a random ``budget`` fraction of tokens per step, token path),
 ``selection="fixed"`` (naive caching: reuse everything between refreshes every ``R`` steps).
 """
 
@@ -167,25 +198,25 @@ class E2CRFCache(CachePolicy):
 
     Args:
         K: low-frequency tokens always recomputed (integer >= 0; frequency domain only).
-        tau_0: base event threshold on the relative change of a token's input (>= 0; 0 recomputes all).
+        tau_0: base threshold on a token's event intensity, the predicted deviation its reuse pushes
+            into the sample in units of the data std (>= 0; 0 recomputes everything; larger = more reuse).
         R: a full refresh (with error-feedback measurement) every ``R`` evaluations (integer >= 1; 1
             recomputes everything).
-        tau_warn: a sample whose mean event intensity exceeds this is recomputed in full (> 0).
-        random_probe_ratio: fraction of tokens probed at random each step (in [0, 1]).
+        tau_warn: a sample whose energy-weighted mean event intensity exceeds this is recomputed in full
+            (> 0; token path).
+        random_probe_ratio: fraction of tokens probed at random each step (in [0, 1]; token path).
         mode: ``"auto"``, ``"token"`` or ``"step"`` (see module docstring).
         event_trigger, error_feedback, energy_weighting: switch the three mechanisms off for ablations.
         selection: ``"event"`` (E2-CRF), ``"random"`` (a random ``budget`` fraction of tokens per step,
             token path) or ``"fixed"`` (naive reuse of everything between refreshes every ``R`` steps).
         budget: fraction of tokens recomputed per step by ``selection="random"`` (in (0, 1]).
-        error_target: drift the error feedback steers towards (> 0; default ``tau_0``, or 0.1 when
-            ``tau_0`` is 0).
         full_fraction: a sample selecting more than this fraction of its tokens is computed in full
             (in (0, 1]); gathering most tokens costs more than computing them all.
-        batch_sync: take recompute decisions for the whole chunk (mean predicted drift against the mean
-            threshold; any sample's full recompute makes the step full) instead of per sample. Small
-            networks cost about the same for 3 rows as for 64, so per-sample decisions that fire at
-            different steps fragment the work; synchronised decisions avoid that but make a sample's
-            result depend on its batch neighbours (no data is mixed, only the schedule). Off by default.
+        batch_sync: take recompute decisions for the whole chunk (mean intensity against the threshold;
+            any sample's full recompute makes the step full) instead of per sample. Small networks cost
+            about the same for 3 rows as for 64, so per-sample decisions that fire at different steps
+            fragment the work; synchronised decisions avoid that but make a sample's result depend on its
+            batch neighbours (no data is mixed, only the schedule). Off by default.
         seed: seed of the random probes / random selection.
     """
 
@@ -205,7 +236,6 @@ class E2CRFCache(CachePolicy):
         energy_weighting: bool = True,
         selection: str = "event",
         budget: float | None = None,
-        error_target: float | None = None,
         full_fraction: float = 0.5,
         batch_sync: bool = False,
         seed: int = 0,
@@ -229,8 +259,6 @@ class E2CRFCache(CachePolicy):
                 raise ValueError("selection='random' picks tokens and needs the token path; use mode='token' or 'auto'")
         elif budget is not None:
             raise ValueError("cache_kwargs.budget is only used with selection='random'; drop it or set selection='random'")
-        if error_target is not None:
-            _check_number("error_target", error_target, 0.0, None, lo_open=True)
         for name, flag in (("batch_sync", batch_sync), ("event_trigger", event_trigger), ("error_feedback", error_feedback), ("energy_weighting", energy_weighting)):
             if not isinstance(flag, bool):
                 raise ValueError(f"cache_kwargs.{name} must be true or false, got {flag!r}")
@@ -238,7 +266,6 @@ class E2CRFCache(CachePolicy):
         self.random_probe_ratio = float(random_probe_ratio)
         self.mode, self.selection, self.budget = mode, selection, budget
         self.event_trigger, self.error_feedback, self.energy_weighting = event_trigger, error_feedback, energy_weighting
-        self.error_target = float(error_target) if error_target is not None else (self.tau_0 if self.tau_0 > 0 else 0.1)
         self.full_fraction = float(full_fraction)
         self.batch_sync = batch_sync
         self.seed = int(seed)
@@ -249,16 +276,22 @@ class E2CRFCache(CachePolicy):
     def _reset_state(self) -> None:
         self._net = None
         self._module = None
+        self._spec = None
         self._path = None
         self._layers: list[_LayerCache] | None = None
         self._h0_ref: torch.Tensor | None = None  # (B, L, d) layer-0 input at each token's last recompute
-        self._mult: torch.Tensor | None = None  # (B, L) token threshold multipliers (error feedback)
+        self._mult: torch.Tensor | None = None  # (B, L) per-token drift corrections (error feedback)
         self._D: torch.Tensor | None = None  # step path: (B, L, d) whole-network residual
-        self._out_ref: torch.Tensor | None = None  # generic step path: last output
-        self._x_ref: torch.Tensor | None = None
-        self._scale: torch.Tensor | None = None  # (B,) step-path threshold scales
-        self._kappa: torch.Tensor | None = None  # (B,) sensitivity: residual drift per unit input change
+        self._out_ref: torch.Tensor | None = None  # output path: last computed output
+        self._x_ref: torch.Tensor | None = None  # output path: its input
+        self._F_ref: torch.Tensor | None = None  # (B, L, C) last network output (what a reuse is priced on)
+        self._acc: torch.Tensor | None = None  # predicted deviation accumulated since the last recompute
+        self._kappa: torch.Tensor | None = None  # (B,) output drift per unit input change
+        self._sens: torch.Tensor | None = None  # output sensitivity omega at the current evaluation
+        self._phi: torch.Tensor | None = None  # (B,) step weight 1 - exp(-|d lambda|)
+        self._lam_prev: torch.Tensor | None = None
         self._forced: torch.Tensor | None = None
+        self._weights: torch.Tensor | None = None  # (1, L) energy weights from the data std
         self._gen: torch.Generator | None = None
         self._drifts: list[float] = []
         self._selected: torch.Tensor | None = None
@@ -269,6 +302,7 @@ class E2CRFCache(CachePolicy):
         """Reset all state for a new chunk, pick the path, and install the network hook."""
         self._reset_state()
         self._stats = CacheStats()
+        self._spec = denoiser
         module = getattr(denoiser, "module", None)
         self._module = module
         hookable = module is not None and hasattr(module, "network_hook") and hasattr(module, "score_network")
@@ -310,6 +344,8 @@ class E2CRFCache(CachePolicy):
             stats.extra["tokens_selected_partial"] = int(self._selected)
         if self._drifts:
             stats.extra["mean_refresh_drift"] = float(sum(self._drifts) / len(self._drifts))
+        if self._kappa is not None:
+            stats.extra["mean_kappa"] = float(self._kappa.mean())
         if self._hooked and self._module is not None and self._module.network_hook == self._hook:
             self._module.network_hook = None
         self._stats = CacheStats()
@@ -319,7 +355,10 @@ class E2CRFCache(CachePolicy):
     @property
     def holds_state(self) -> bool:
         """Whether any cached tensor is alive (False after ``finish``)."""
-        return any(t is not None for t in (self._layers, self._h0_ref, self._D, self._out_ref, self._mult, self._scale, self._kappa))
+        return any(
+            t is not None
+            for t in (self._layers, self._h0_ref, self._D, self._out_ref, self._mult, self._kappa, self._F_ref, self._acc, self._sens)
+        )
 
     # ------------------------------------------------------------------ helpers
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -332,14 +371,9 @@ class E2CRFCache(CachePolicy):
         return step % self.R == 0 or step == 1
 
     def _adapt(self, step: int) -> bool:
-        """Whether measurements at this evaluation may change thresholds / sensitivity: always at the
+        """Whether measurements at this evaluation may change the sensitivities: always at the
         calibration step, afterwards only with error feedback."""
         return self.selection == "event" and (step == 1 or self.error_feedback)
-
-    def _update_kappa(self, kappa: torch.Tensor, drift: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
-        """Sensitivity ``kappa = residual drift / input change`` (per sample), smoothed over measurements."""
-        obs = (drift / (intensity + _EPS)).clamp(1e-3, 1e3)
-        return torch.sqrt(kappa * obs)  # geometric mean of the old estimate and the new observation
 
     def _count(self, *, full: bool, layers: int, length: int, batch: int, computed: int) -> None:
         s = self._stats
@@ -355,23 +389,39 @@ class E2CRFCache(CachePolicy):
         tensors: list[torch.Tensor] = []
         for lc in self._layers or []:
             tensors += [lc.k, lc.v, lc.d]
-        tensors += [t for t in (self._h0_ref, self._mult, self._D, self._out_ref, self._x_ref, self._scale) if t is not None]
+        tensors += [t for t in (self._h0_ref, self._mult, self._D, self._out_ref, self._x_ref, self._F_ref, self._acc) if t is not None]
         nbytes = sum(t.numel() * t.element_size() for t in tensors)
         self._stats.cache_bytes = max(self._stats.cache_bytes, nbytes)
 
     @staticmethod
     def _intensity(h: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """Per-token event intensity: relative change ``|h - ref| / |ref|`` over the last dim -> (B, L)."""
+        """Per-token relative input change ``|h - ref| / |ref|`` over the last dim -> (B, L)."""
         return (h - ref).norm(dim=-1) / (ref.norm(dim=-1) + _EPS)
 
-    def _energy(self, y: torch.Tensor) -> torch.Tensor:
-        """Per-token spectral energy of the network input ``(B, L, C) -> (B, L)``."""
-        return y.pow(2).mean(dim=-1)
+    def _energy_weights(self, y: torch.Tensor) -> torch.Tensor:
+        """Energy weights ``w_i = clip(sqrt(mean_j E_j / E_i), 1/16, 16)``, shape ``(1 or B, L)``.
 
-    def _sample_intensity(self, intensity: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
-        if self.energy_weighting:
-            return (intensity * energy).sum(1) / (energy.sum(1) + _EPS)
-        return intensity.mean(1)
+        ``E_i`` is the token's spectral energy in the data: the mean square of the model's per-component
+        data std (``data_std``, fitted on the training split) when it has one, else the mean square of
+        the current network input. ``w_i`` converts a deviation in units of the token's own data std into
+        units of the sample's rms (the scale of relative L2 and of the Wasserstein metrics): an energetic
+        token gets a lower threshold ``tau_0 * w_i``, a near-silent one a higher threshold. All ones without
+        ``energy_weighting``."""
+        length = y.shape[1]
+        if not self.energy_weighting:
+            return torch.ones(1, length, device=y.device)
+        if self._weights is None or self._weights.shape[-1] != length:
+            std = getattr(self._module, "data_std", None)
+            energy = std.pow(2).mean(-1)[None].to(y.device, torch.float32) if std is not None and std.shape[0] == length else y.pow(2).mean(-1)
+            w = (energy.mean(1, keepdim=True) / (energy + _EPS)).sqrt().clamp(1.0 / 16.0, 16.0)
+            if std is None or std.shape[0] != length:
+                return w  # follows the current input: not cached
+            self._weights = w
+        return self._weights
+
+    @staticmethod
+    def _rms(v: torch.Tensor) -> torch.Tensor:
+        return v.pow(2).mean(1).sqrt()
 
     def _forced_mask(self, length: int, device: torch.device) -> torch.Tensor:
         if self._forced is None:
@@ -389,6 +439,72 @@ class E2CRFCache(CachePolicy):
     def _frequency_domain(self) -> bool:
         return bool(getattr(self._module, "fourier_transform", False))
 
+    # ------------------------------------------------------------------ pricing a reuse
+    def _set_prices(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        """Step weight ``phi`` and output sensitivity ``omega`` at this evaluation (module docstring)."""
+        batch = x.shape[0]
+        t = t.reshape(-1).expand(batch) if t.numel() in (1, batch) else t
+        schedule = getattr(self._spec, "schedule", None)
+        ones = torch.ones(batch, device=x.device, dtype=torch.float32)
+        if schedule is None:
+            self._phi = ones
+            self._sens = ones.view(batch, *([1] * (x.dim() - 1)))
+            return
+        alpha, sigma = schedule.alpha_sigma(t)
+        alpha, sigma = alpha.to(x.device, torch.float32), sigma.to(x.device, torch.float32)
+        lam = torch.log(alpha) - torch.log(sigma)
+        self._phi = ones * 0.0 if self._lam_prev is None else 1.0 - torch.exp(-(lam - self._lam_prev).abs())
+        self._lam_prev = lam
+        if self._path != "output" and hasattr(self._module, "output_sensitivity"):
+            self._sens = self._module.output_sensitivity(t, x.dim(), alpha_sigma=(alpha, sigma))
+            return
+        # plain denoiser: its output is x0 (or eps); unit data std assumed
+        s = (sigma / alpha).view(batch, *([1] * (x.dim() - 1)))
+        gain = s if getattr(self._spec, "parameterization", "x0") == "eps" else torch.ones_like(s)
+        self._sens = gain / torch.sqrt(s**2 + 1.0)
+
+    def _weighted(self, f: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``rms_c(omega * f)`` per token ``(B, L, C) -> (B, L)`` (per sample ``(B, ...) -> (B,)`` on the
+        output paths); ``f`` holds only batch rows ``rows`` when given."""
+        sens = self._sens if rows is None or self._sens.shape[0] == 1 else self._sens.index_select(0, rows)
+        w = sens * f
+        if self._path == "output" or self._path == "network-output":
+            return w.flatten(1).pow(2).mean(1).sqrt()
+        return w.pow(2).mean(-1).sqrt()
+
+    def _harm(self, u: torch.Tensor) -> torch.Tensor:
+        """Predicted deviation ``g`` one more reuse adds, from the relative input change ``u`` ((B, L) or (B,))."""
+        scale = self._weighted(self._F_ref)
+        g = self._phi.view(-1, *([1] * (u.dim() - 1))) * self._kappa.view(-1, *([1] * (u.dim() - 1))) * u * scale
+        if self._mult is not None and u.dim() == 2:
+            g = g * self._mult
+        return g
+
+    def _measure(self, u: torch.Tensor, f_reuse: torch.Tensor, f_new: torch.Tensor, calibrate: bool,
+                 rows: torch.Tensor | None = None) -> None:
+        """Error feedback: compare the output drift a reuse would have had (``f_reuse - f_new``) with the
+        prediction from ``u`` and update ``kappa`` (rows ``rows``, all when None) and the token
+        corrections ``m``."""
+        pick = (lambda v: v) if rows is None else (lambda v: v.index_select(0, rows))
+        actual = self._weighted(f_reuse - f_new, rows)  # (b, L) or (b,)
+        base = u * self._weighted(pick(self._F_ref), rows)
+        mult = None
+        if self._mult is not None and u.dim() == 2:
+            mult = pick(self._mult)
+            base = base * mult
+        dims = tuple(range(1, u.dim()))
+        obs = (actual.sum(dims) if dims else actual) / ((base.sum(dims) if dims else base) + _EPS)
+        obs = obs.clamp(1e-3, 1e3)
+        kappa = obs if calibrate else torch.sqrt(pick(self._kappa) * obs)
+        self._kappa = kappa if rows is None else self._kappa.index_copy(0, rows, kappa)
+        if mult is not None and not calibrate:
+            pred = kappa[:, None] * base
+            ratio = torch.where(pred > _EPS, (actual / (pred + _EPS)).sqrt().clamp(0.5, 2.0), torch.ones_like(pred))
+            new = (mult * ratio).clamp(1.0 / 16.0, 16.0)
+            self._mult = new if rows is None else self._mult.index_copy(0, rows, new)
+        rel = (f_reuse - f_new).flatten(1).norm(dim=1) / (f_new.flatten(1).norm(dim=1) + _EPS)
+        self._drifts.append(float(rel.mean()))
+
     # ------------------------------------------------------------------ entry point
     def _exact_everything(self) -> bool:
         return self.R == 1 or (self.tau_0 == 0.0 and self.selection == "event" and self.event_trigger)
@@ -397,10 +513,12 @@ class E2CRFCache(CachePolicy):
         if self._path is None:
             raise RuntimeError("E2CRFCache was called before start(); the DiffusionSampler calls start() for you")
         self._step = int(step)
-        if self._path == "output":
-            if self._exact_everything():
+        if self._exact_everything():
+            if self._path == "output":
                 self._count(full=True, layers=1, length=_length(x), batch=x.shape[0], computed=_length(x) * x.shape[0])
-                return denoise(x, t, cond)
+            return denoise(x, t, cond)
+        self._set_prices(x, t)
+        if self._path == "output":
             return self._output_step(denoise, x, t, cond, step)
         # the model's denoise() keeps its representation and preconditioning and calls self._hook
         return denoise(x, t, cond)
@@ -422,7 +540,7 @@ class E2CRFCache(CachePolicy):
     def _full_rows(self, h0: torch.Tensor, rows: torch.Tensor | None, measure: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Full forward of batch rows ``rows`` (all when None) from their input tokens ``h0``; stores K/V
         and residuals of every token of those rows. Returns the last hidden state and, when ``measure``,
-        the per-token drift of the cached residuals (before overwriting)."""
+        the hidden state a reuse of the cached residuals would have produced (before overwriting)."""
         acc = torch.zeros_like(h0) if measure else None
         h = h0
         new_layers: list[_LayerCache] = []
@@ -434,8 +552,7 @@ class E2CRFCache(CachePolicy):
             if self._layers is not None:
                 lc = self._layers[i]
                 if measure:
-                    old = lc.d if rows is None else lc.d.index_select(0, rows)
-                    acc += d - old
+                    acc += lc.d if rows is None else lc.d.index_select(0, rows)
                 if rows is None:
                     lc.k, lc.v, lc.d = k.contiguous(), v.contiguous(), d
                 else:
@@ -447,17 +564,7 @@ class E2CRFCache(CachePolicy):
             h = out
         if self._layers is None:
             self._layers = new_layers
-        drift = None
-        if measure:
-            total = h - h0
-            scale = total.norm(dim=-1).pow(2).mean(1, keepdim=True).sqrt() + _EPS  # (b, 1) rms token norm
-            drift = acc.norm(dim=-1) / scale
-        return h, drift
-
-    def _feedback(self, mult: torch.Tensor, drift: torch.Tensor) -> torch.Tensor:
-        """Error-feedback update of threshold multipliers from measured drift (same shapes)."""
-        factor = (self.error_target / (drift + _EPS)).sqrt().clamp(0.5, 2.0)
-        return (mult * factor).clamp(1.0 / 16.0, 16.0)
+        return h, (h0 + acc if measure else None)
 
     # ------------------------------------------------------------------ token path
     def _token_step(self, y: torch.Tensor, tt: torch.Tensor, step: int) -> torch.Tensor:
@@ -468,23 +575,22 @@ class E2CRFCache(CachePolicy):
         first = self._layers is None
         if first or self._is_refresh(step):
             measure = (not first) and self._adapt(step)
-            inten = self._intensity(h0, self._h0_ref) if measure else None
-            h, drift = self._full_rows(h0, None, measure)
-            self._h0_ref = h0.clone()
-            if self._mult is None:
+            u = self._intensity(h0, self._h0_ref) if measure else None
+            h, h_reuse = self._full_rows(h0, None, measure)
+            out = net.readout(h)
+            if first:
                 self._mult = torch.ones(batch, length, device=h0.device)
                 self._kappa = torch.ones(batch, device=h0.device)
-            if drift is not None:
-                self._kappa = self._update_kappa(self._kappa, drift.mean(1), inten.mean(1))
-                if step > 1:
-                    self._mult = self._feedback(self._mult, drift)
-                self._drifts.append(float(drift.mean()))  # once per refresh, not per token
+            if measure:
+                self._measure(u, net.readout(h_reuse), out, calibrate=step == 1)
+            self._h0_ref = h0.clone()
+            self._F_ref = out
+            self._acc = torch.zeros(batch, length, device=h0.device)
             self._count(full=True, layers=n_layers, length=length, batch=batch, computed=batch * length)
             self._bytes()
-            return net.readout(h)
+            return out
 
-        sel = self._select(y, h0)  # (B, L) bool, plus per-sample full flags
-        sel, full = sel
+        sel, full, g = self._select(y, h0)
         counts = sel.sum(1)
         n_full_t = full.sum()
         n_max_t = counts.masked_fill(full, 0).max()
@@ -513,39 +619,43 @@ class E2CRFCache(CachePolicy):
             else:
                 out.index_copy_(0, rows, res)
             computed += (batch - n_full) * n
+        if g is not None:
+            fresh = sel | full[:, None]
+            self._acc = torch.where(fresh, torch.zeros_like(g), self._acc + g)
+        self._F_ref = out
         self._count(full=n_full == batch, layers=n_layers, length=length, batch=batch, computed=computed)
         return out
 
-    def _select(self, y: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens to recompute ``(B, L)`` and samples to recompute in full ``(B,)``; on the device."""
+    def _select(self, y: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Tokens to recompute ``(B, L)``, samples to recompute in full ``(B,)`` and the predicted
+        deviation ``g`` of each token's reuse (None without the event trigger); on the device."""
         batch, length = h0.shape[:2]
         device = h0.device
         gen = self._generator(device)
+        no_full = torch.zeros(batch, dtype=torch.bool, device=device)
         if self.selection == "random":
             n = max(1, int(round(self.budget * length)))
             pos = torch.rand(length, generator=gen, device=device).topk(n).indices
             sel = torch.zeros(length, dtype=torch.bool, device=device)
             sel[pos] = True
-            return sel.expand(batch, length), torch.zeros(batch, dtype=torch.bool, device=device)
+            return sel.expand(batch, length), no_full, None
         sel = self._forced_mask(length, device).expand(batch, length).clone()
         n_probe = int(round(self.random_probe_ratio * length))
         if n_probe:
             pos = torch.rand(length, generator=gen, device=device).topk(n_probe).indices
             sel[:, pos] = True
-        full = torch.zeros(batch, dtype=torch.bool, device=device)
-        if self.event_trigger:
-            intensity = self._kappa[:, None] * self._intensity(h0, self._h0_ref)
-            energy = self._energy(y)
-            tau = self.tau_0 * self._mult
-            if self.energy_weighting:
-                w = (energy.mean(1, keepdim=True) / (energy + _EPS)).sqrt().clamp(0.25, 4.0)
-                tau = tau * w
-            sel |= intensity > tau
-            full = self._sample_intensity(intensity, energy) > self.tau_warn
-        full |= sel.sum(1) > self.full_fraction * length
+        full = no_full
+        g = None
+        if self.event_trigger and self.selection == "event":
+            g = self._harm(self._intensity(h0, self._h0_ref))
+            w = self._energy_weights(y)
+            intensity = (self._acc + g) / w  # in units of the sample's rms (data std units without energy weighting)
+            sel |= intensity > self.tau_0
+            full = self._rms(intensity) > self.tau_warn
+        full = full | (sel.sum(1) > self.full_fraction * length)
         if self.batch_sync:
             full = full.any().expand(batch)
-        return sel, full
+        return sel, full, g
 
     def _partial_rows(self, h0: torch.Tensor, sel: torch.Tensor, rows: torch.Tensor | None, n: int) -> torch.Tensor:
         """Recompute the selected tokens of batch rows ``rows`` (all when None) in every layer, against
@@ -599,57 +709,49 @@ class E2CRFCache(CachePolicy):
         h0 = net.embed_tokens(y, tt)
         batch, length, _ = h0.shape
         n_layers = len(net.layers)
-        energy = self._energy(y)
         if self._D is None or self._is_refresh(step):
             h = self._forward_plain(h0)
+            out = net.readout(h)
             if self._D is None:
-                self._scale = torch.ones(batch, device=h0.device)
                 self._kappa = torch.ones(batch, device=h0.device)
             elif self._adapt(step):
-                inten = self._sample_intensity(self._intensity(h0, self._h0_ref), energy)
-                drift = self._rel(h - h0, self._D)
-                self._kappa = self._update_kappa(self._kappa, drift, inten)
-                if step > 1:
-                    self._scale = self._feedback(self._scale, drift)
-                self._drifts.append(float(drift.mean()))
+                u = self._intensity(h0, self._h0_ref)
+                self._measure(u, net.readout(h0 + self._D), out, calibrate=step == 1)
             self._D = h - h0
             self._h0_ref = h0.clone()
+            self._F_ref = out
+            self._acc = torch.zeros(batch, device=h0.device)
             self._count(full=True, layers=n_layers, length=length, batch=batch, computed=batch * length)
             self._bytes()
-            return net.readout(h)
+            return out
+        out = net.readout(h0 + self._D)
+        n_need, g = 0, None
         if self.event_trigger and self.selection == "event":
-            inten = self._sample_intensity(self._intensity(h0, self._h0_ref), energy)
-            pred, limit = self._kappa * inten, self.tau_0 * self._scale
-            need = pred.mean() > limit.mean() if self.batch_sync else pred > limit
+            u = self._intensity(h0, self._h0_ref)
+            g = self._rms(self._harm(u) / self._energy_weights(y))  # (B,) in units of the sample's rms
+            intensity = self._acc + g
+            need = intensity.mean() > self.tau_0 if self.batch_sync else intensity > self.tau_0
             need = need.expand(batch) if need.dim() == 0 else need
             n_need = int(need.sum())  # the one host sync per step
-        else:
-            n_need = 0
-        out = net.readout(h0 + self._D)
         if n_need:
             rows = None if n_need == batch else need.nonzero().squeeze(1)
-            pick = (lambda t: t) if rows is None else (lambda t: t.index_select(0, rows))
+            pick = (lambda v: v) if rows is None else (lambda v: v.index_select(0, rows))
             h0r = pick(h0)
             h = self._forward_plain(h0r)
-            if self.error_feedback:
-                drift = self._rel(h - h0r, pick(self._D))
-                kappa = self._update_kappa(pick(self._kappa), drift, pick(inten))
-                self._kappa = kappa if rows is None else self._kappa.index_copy(0, rows, kappa)
+            fresh = net.readout(h)
             if rows is None:
-                out = net.readout(h)
+                out = fresh
                 self._D = h - h0
                 self._h0_ref = h0.clone()
             else:
-                out.index_copy_(0, rows, net.readout(h))
+                out.index_copy_(0, rows, fresh)
                 self._D.index_copy_(0, rows, h - h0r)
                 self._h0_ref.index_copy_(0, rows, h0r)
+        if g is not None:
+            self._acc = torch.where(need, torch.zeros_like(g), self._acc + g)
+        self._F_ref = out
         self._count(full=n_need == batch, layers=n_layers, length=length, batch=batch, computed=n_need * length)
         return out
-
-    @staticmethod
-    def _rel(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-        """Per-sample relative change ``|new - old| / |new|`` -> (B,)."""
-        return (new - old).flatten(1).norm(dim=1) / (new.flatten(1).norm(dim=1) + _EPS)
 
     def _forward_plain(self, h: torch.Tensor) -> torch.Tensor:
         for layer in self._net.layers:
@@ -661,28 +763,27 @@ class E2CRFCache(CachePolicy):
         """Step-level reuse of a whole output (networks without token structure, plain denoisers)."""
         batch = x.shape[0]
         length = _length(x)
+
+        def rel_change(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+            return (a - ref).flatten(1).norm(dim=1) / (ref.flatten(1).norm(dim=1) + _EPS)
+
         if self._out_ref is None or self._is_refresh(step):
             out = denoise(x, t, cond)
             if self._out_ref is None:
-                self._scale = torch.ones(batch, device=x.device)
                 self._kappa = torch.ones(batch, device=x.device)
             elif self._adapt(step):
-                drift = self._rel(out, self._out_ref)
-                self._kappa = self._update_kappa(self._kappa, drift, self._rel(x, self._x_ref))
-                if step > 1:
-                    self._scale = self._feedback(self._scale, drift)
-                self._drifts.append(float(drift.mean()))
-            self._out_ref, self._x_ref = out.clone(), x.clone()
+                self._measure(rel_change(x, self._x_ref), self._out_ref, out, calibrate=step == 1)
+            self._out_ref, self._x_ref, self._F_ref = out.clone(), x.clone(), out.clone()
+            self._acc = torch.zeros(batch, device=x.device)
             self._count(full=True, layers=1, length=length, batch=batch, computed=batch * length)
             self._bytes()
             return out
+        n_need, g = 0, None
         if self.event_trigger and self.selection == "event":
-            # relative input change |x - x_ref| / |x_ref| (``_rel`` normalises by its first argument's reference)
-            inten = (x - self._x_ref).flatten(1).norm(dim=1) / (self._x_ref.flatten(1).norm(dim=1) + _EPS)
-            need = self._kappa * inten > self.tau_0 * self._scale
+            u = rel_change(x, self._x_ref)
+            g = self._harm(u)
+            need = self._acc + g > self.tau_0
             n_need = int(need.sum())  # the one host sync per step
-        else:
-            n_need = 0
         out = self._out_ref.clone()
         if n_need == batch:
             out = denoise(x, t, cond)
@@ -699,5 +800,8 @@ class E2CRFCache(CachePolicy):
             out.index_copy_(0, rows, res)
             self._out_ref.index_copy_(0, rows, res)
             self._x_ref.index_copy_(0, rows, x.index_select(0, rows))
+        if g is not None:
+            self._acc = torch.where(need, torch.zeros_like(g), self._acc + g)
+        self._F_ref = out
         self._count(full=n_need == batch, layers=1, length=length, batch=batch, computed=n_need * length)
         return out

@@ -5,8 +5,9 @@ Variants, all sampled from the same seed (same noise) at ``batch_size`` with ``n
 * ``baseline`` -- no cache;
 * ``e2crf`` -- the full method with ``cache_kwargs``;
 * ``no_event`` -- without the event-driven trigger (only forced low-frequency tokens, probes, refreshes);
-* ``no_feedback`` -- without error feedback (thresholds never adapt);
-* ``no_energy`` -- without the energy-weighted threshold (uniform ``tau_0``, plain-mean intensities);
+* ``no_feedback`` -- without error feedback (the sensitivities keep their first calibration);
+* ``no_energy`` -- without the energy-weighted threshold (deviations in units of each component's own
+  data std: every token gets the same threshold ``tau_0``);
 * ``naive`` -- naive fixed reuse: everything recomputed every ``R_naive`` steps and reused in between, with
   ``R_naive`` chosen so that it does the same number of effective network evaluations as ``e2crf``;
 * ``random`` -- the token path recomputing *random* tokens, with the budget chosen so that the fraction
