@@ -13,7 +13,7 @@ from conftest import compose_cfg, train_tiny
 REPO = Path(__file__).resolve().parents[2]
 
 TINY_BENCH = [
-    "num_samples=8", "num_diffusion_steps=6", "repeats=1", "warmup=0", "num_directions=20", "num_seeds=2",
+    "num_samples=8", "num_diffusion_steps=7", "repeats=1", "warmup=0", "num_directions=20", "num_seeds=2",
     "batch_sizes=[1,4]", "sweep_repeats=1", "sweeps.K=[]", "sweeps.tau_warn=[]", "sweeps.random_probe_ratio=[]",
     "sweeps.batch_sync=[]", "sweeps.tau_0=[0.3]", "sweeps.R=[]", "fewer_steps=[3]", "competitors.dpmpp=[3]",
     "competitors.pf_ode=[3]", "token_scaling.lengths=[8]", "token_scaling.batches=[2]", "token_scaling.fractions=[0.5]",
@@ -44,6 +44,10 @@ def test_benchmark_cache_writes_results_and_plot(tiny_run, tmp_path):
     assert {"uncached", "e2crf", "fewer-steps", "dpm_solver++", "pf_ode"} <= methods
     assert saved["sweeps"][0]["param"] == "tau_0" and "beats_fewer_steps" in saved
     assert saved["token_scaling"][0]["length"] == 8
+    # fewer steps on the same Brownian path: 3- and 4-point grids are subsets of the 7-point grid
+    matched = saved["brownian_matched"]
+    assert [r["steps"] for r in matched["rows"]] == [7, 3, 4] and matched["beats"] in (True, False)
+    assert all(r["rel_l2"] > 0 for r in matched["rows"][1:])
     assert Path(res["plot_path"]).is_file()
 
 

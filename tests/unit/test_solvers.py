@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tsdiff.diffusion import VESDE, VPSDE, CosineSchedule, LinearSchedule
-from tsdiff.sampling import DiffusionSampler
+from tsdiff.sampling import DiffusionSampler, PredictionModel, as_diffusion_model, euler_maruyama
 
 from gaussian import GaussianDenoiser
 
@@ -122,3 +122,32 @@ def test_default_grid_handles_components_of_very_different_scale(solver, steps, 
                          sample_batch_size=4000, progress=False).sample(4000, steps, seed=0)
     ratio = x.std(0) / std
     assert torch.all((ratio - 1).abs() < tol), ratio
+
+
+def test_coarse_brownian_noise_keeps_the_path_and_is_standard_normal():
+    from tsdiff.sampling import coarsen_brownian_noise
+
+    times = VPSDE().sample_times(13, spacing="logsnr")
+    noise = torch.randn(12, 4000, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(coarsen_brownian_noise(noise, times, 13), noise)
+    coarse = coarsen_brownian_noise(noise, times, 5)  # every 3rd time point
+    dt = (times[:-1] - times[1:]).double()
+    dw_fine = (noise.double() * dt.sqrt()[:, None, None]).view(4, 3, 4000, 3).sum(1)
+    dt_coarse = (times[:-1:3] - times[3::3]).double()
+    torch.testing.assert_close(coarse.double() * dt_coarse.sqrt()[:, None, None], dw_fine)
+    assert abs(float(coarse.std()) - 1.0) < 0.03
+    with pytest.raises(ValueError, match="subset"):
+        coarsen_brownian_noise(noise, times, 6)
+
+
+def test_euler_maruyama_uses_given_noise_and_checks_its_shape():
+    sched = VPSDE()
+    model = PredictionModel(as_diffusion_model(denoiser=lambda x, t, c: 0.5 * x, schedule=sched, parameterization="x0"))
+    times = sched.sample_times(6, spacing="logsnr")
+    x = torch.randn(2, 4, 1, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(5, 2, 4, 1, generator=torch.Generator().manual_seed(2))
+    a = euler_maruyama(model, x.clone(), times, generator=torch.Generator().manual_seed(3), noise=noise)
+    b = euler_maruyama(model, x.clone(), times, generator=torch.Generator().manual_seed(4), noise=noise)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        euler_maruyama(model, x.clone(), times, noise=noise[:4])

@@ -2,9 +2,10 @@
 
 from tsdiff.sampling.denoiser import Denoiser, PredictionModel, as_diffusion_model
 from tsdiff.sampling.sampler import DiffusionSampler, SamplerStats
-from tsdiff.sampling.solvers import SOLVERS, ddim, ddpm, dpm_solver_pp, euler_maruyama, get_solver, pf_ode
+from tsdiff.sampling.solvers import SOLVERS, coarsen_brownian_noise, ddim, ddpm, dpm_solver_pp, euler_maruyama, get_solver, pf_ode
 
 __all__ = [
+    "coarsen_brownian_noise",
     "DiffusionSampler",
     "SamplerStats",
     "Denoiser",

@@ -159,12 +159,23 @@ def _require_sde(model: PredictionModel, solver: str) -> None:
 
 
 @torch.no_grad()
-def euler_maruyama(model: PredictionModel, x: torch.Tensor, times: torch.Tensor, *, generator=None, callback=None) -> torch.Tensor:
+def euler_maruyama(model: PredictionModel, x: torch.Tensor, times: torch.Tensor, *, generator=None, callback=None,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
     """Euler–Maruyama on the reverse-time SDE ``dx = [f(t) x - g(t)^2 score] dt + g(t) dw_bar``
     (Song et al. 2021, eq. 6; their "reverse diffusion" predictor). The last evaluation returns the
     Tweedie denoised estimate ``x0_hat`` instead of a final noisy step (their "denoise at the end").
+
+    ``noise``: optional standard normals ``(len(times) - 1, *x.shape)`` used instead of drawing from
+    ``generator`` (step ``i`` uses ``noise[i]``) -- e.g. the increments of one Brownian path summed onto
+    a coarser grid, so that samplers with different step counts can be compared sample by sample
+    (``tsdiff.sampling.coarsen_brownian_noise``).
     """
     _require_sde(model, "euler_maruyama")
+    if noise is not None and tuple(noise.shape) != (len(times) - 1, *x.shape):
+        raise ValueError(
+            f"euler_maruyama noise must have shape (steps - 1, *x.shape) = {(len(times) - 1, *x.shape)}, "
+            f"got {tuple(noise.shape)}; with explicit noise sample one chunk (num_samples <= sample_batch_size)"
+        )
     for i, t in enumerate(times):
         s = _next_time(times, i)
         if s is None:
@@ -176,7 +187,8 @@ def euler_maruyama(model: PredictionModel, x: torch.Tensor, times: torch.Tensor,
             f, g = float(f), float(g)
             score = model.score(x, t)
             x0 = None
-            x = x - (f * x - g * g * score) * dt + g * math.sqrt(dt) * randn_like(x, generator)
+            z = randn_like(x, generator) if noise is None else noise[i].to(x.device, x.dtype)
+            x = x - (f * x - g * g * score) * dt + g * math.sqrt(dt) * z
         _emit(callback, i, t, x, x0)
     return x
 
@@ -229,3 +241,25 @@ def get_solver(solver: str | Callable) -> Callable[..., torch.Tensor]:
         return SOLVERS[solver]
     except KeyError:
         raise ValueError(f"unknown solver '{solver}'; choose one of {', '.join(sorted(SOLVERS))} or pass a function") from None
+
+
+def coarsen_brownian_noise(noise: torch.Tensor, times: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Standard normals for Euler–Maruyama on a coarser grid, driven by the *same* Brownian path.
+
+    ``noise`` holds the ``len(times) - 1`` standard normals of a fine grid ``times`` (increments
+    ``dW_k = sqrt(dt_k) noise[k]``). The coarse grid keeps every ``m``-th time, ``m = (len(times) - 1) /
+    (num_steps - 1)`` (it must be an integer; log-SNR and uniform grids of ``num_steps`` points are exactly
+    these subsets), and its normals are the summed increments over each block divided by
+    ``sqrt(block length)``: the coarse sampler sees the Brownian motion the fine one saw.
+    """
+    fine = len(times) - 1
+    if num_steps < 2 or fine % (num_steps - 1):
+        raise ValueError(
+            f"a {num_steps}-point grid is not a subset of the {len(times)}-point grid; use num_steps - 1 dividing {fine}"
+        )
+    m = fine // (num_steps - 1)
+    dt = (times[:-1] - times[1:]).double().abs()
+    ones = [1] * (noise.dim() - 1)
+    dw = (noise.double() * dt.sqrt().view(-1, *ones)).reshape(fine // m, m, *noise.shape[1:])
+    block = dt.view(-1, m).sum(1).sqrt().view(-1, *ones)
+    return (dw.sum(1) / block).to(noise.dtype)

@@ -317,6 +317,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
                        "swd": swd(real, x.numpy(), cfg), "rel_l2": rel_l2(x, xb_big)["mean"]})
     result["pareto"] = pareto
     result["beats_fewer_steps"] = _beats_curve(pareto, "fewer-steps", default_row, big, spread["std"])
+    result["brownian_matched"] = _brownian_matched(model, device, big, steps, cache_kwargs, cfg, real, seed, default_row)
 
     # 5: token scaling
     ts = container(cfg.token_scaling) or {}
@@ -345,6 +346,56 @@ def _point(model, device, batch, kw, cfg, real, seed, steps, base_sampler, xb) -
         "rel_l2": rel_l2(x, xb)["mean"], "fraction_recomputed": st.cache["fraction_recomputed"],
         "full_steps": st.cache["full_steps"], "path": st.cache["extra"].get("path"),
     }
+
+
+def _brownian_matched(model, device, big, steps, cache_kwargs, cfg, real, seed, default_row) -> dict[str, Any]:
+    """Fewer Euler–Maruyama steps driven by the *same* Brownian path as the uncached reference.
+
+    With independent noise, the relative L2 of a fewer-steps sample to the reference only says that
+    two different SDE paths differ. Here the reference (``steps`` steps), the cached run and every
+    coarser run share ``x_T`` and the Brownian motion (:func:`~tsdiff.sampling.coarsen_brownian_noise`),
+    so relative L2 measures each one's error against the same target, sample by sample. Coarse step
+    counts are those whose grid is a subset of the reference grid (``n - 1`` divides ``steps - 1``).
+    ``beats`` compares E2-CRF's relative L2 with the coarse curve interpolated (linearly in time per
+    sample) at E2-CRF's own time."""
+    from tsdiff.sampling import DiffusionSampler, coarsen_brownian_noise
+
+    probe = make_sampler(model, device, big, None)
+    if probe.solver_name != "euler_maruyama":
+        return {"skipped": f"the model's default solver is {probe.solver_name}, not euler_maruyama"}
+    shape = tuple(model.sample_shape)
+    gen = torch.Generator().manual_seed(seed + 77)
+    x_T = probe.schedule.prior_std() * torch.randn((big, *shape), generator=gen)
+    noise = torch.randn((steps - 1, big, *shape), generator=gen)
+    times = probe.schedule.sample_times(steps, device="cpu", spacing=probe.time_spacing)
+
+    def draw(n, z, kw=None):
+        s_ = DiffusionSampler(model, sample_batch_size=big, solver="euler_maruyama", solver_kwargs={"noise": z},
+                              use_cache=kw is not None, cache_kwargs=dict(kw) if kw else None, device=device, progress=False)
+        return s_.sample(big, n, x_T=x_T).float().cpu()
+
+    ref = draw(steps, noise)
+    cached = draw(steps, noise, cache_kwargs)
+    rows = [{"method": "e2crf", "steps": steps, "time_per_sample_s": default_row["cached_s"] / big,
+             "rel_l2": rel_l2(cached, ref)["mean"], "swd": swd(real, cached.numpy(), cfg)}]
+    counts = [n for n in range(3, steps) if (steps - 1) % (n - 1) == 0][-6:]
+    for n in counts:
+        timer = make_sampler(model, device, big, None, "euler_maruyama")
+        med = interleaved_medians({"m": lambda: timer.sample(big, n, seed=seed)}, int(cfg.repeats), min(int(cfg.warmup), 1))
+        x = draw(n, coarsen_brownian_noise(noise, times, n))
+        rows.append({"method": "fewer-steps", "steps": n, "time_per_sample_s": med["m"]["median_s"] / big,
+                     "rel_l2": rel_l2(x, ref)["mean"], "swd": swd(real, x.numpy(), cfg)})
+    curve = sorted((r["time_per_sample_s"], r["rel_l2"]) for r in rows if r["method"] == "fewer-steps")
+    curve.append((default_row["baseline_s"] / big, 0.0))
+    t = rows[0]["time_per_sample_s"]
+    at_time = None
+    for (t0, e0), (t1, e1) in zip(curve, curve[1:]):
+        if t0 <= t <= t1:
+            at_time = e0 + (e1 - e0) * (t - t0) / max(t1 - t0, 1e-12)
+    faster = [e for t_, e in curve if t_ <= t]
+    ref_err = min([e for e in [at_time, *faster] if e is not None], default=None)
+    return {"rows": rows, "fewer_steps_rel_l2_at_same_time": ref_err,
+            "beats": None if ref_err is None else bool(rows[0]["rel_l2"] < ref_err)}
 
 
 def _beats_curve(pareto, method, row, big, seed_std: float = 0.0) -> dict[str, Any]:
@@ -382,14 +433,23 @@ def _print_report(result: dict[str, Any], limit: float) -> None:
         print(format_table(result["sweeps"], ["param", "value", "path", "speedup", "swd", "rel_l2", "fraction_recomputed", "full_steps"]))
     print("\n== speed vs quality at matched time (largest batch; time per sample) ==")
     print(format_table(sorted(result["pareto"], key=lambda p: p["time_per_sample_s"]), ["method", "steps", "param", "value", "time_per_sample_s", "swd", "rel_l2"]))
-    print("(rel_l2: per-sample distance to the uncached 100-step samples of the same seed; only the cache and the\n"
-          " deterministic pf_ode / dpm_solver++ runs follow the same noise path, stochastic fewer-step runs draw different noise)")
+    print("(rel_l2: per-sample distance to the uncached samples of the same seed; only the cache follows the same\n"
+          " noise path there -- the Brownian-matched table below compares fewer steps sample by sample)")
     b = result["beats_fewer_steps"]
     if b.get("answer") is not None:
         verdict = "YES" if b["answer"] else "NO"
         noise = " -- a difference smaller than the uncached seed-to-seed std" if b.get("within_noise") else ""
         print(f"E2-CRF beats fewer steps at equal time: {verdict} (E2-CRF SWD {b['e2crf_swd']:.4f} vs "
               f"fewer-steps {b['fewer_steps_swd_at_same_time']:.4f}; {b['note']}){noise}")
+    bm = result.get("brownian_matched") or {}
+    if bm.get("rows"):
+        print("\n== fewer Euler-Maruyama steps on the same Brownian path (largest batch; rel_l2 to the uncached reference) ==")
+        print(format_table(sorted(bm["rows"], key=lambda r: r["time_per_sample_s"]), ["method", "steps", "time_per_sample_s", "rel_l2", "swd"]))
+        if bm.get("beats") is not None:
+            print(f"E2-CRF closer to the uncached samples than fewer steps at equal time: {'YES' if bm['beats'] else 'NO'} "
+                  f"(E2-CRF rel L2 {bm['rows'][0]['rel_l2']:.4f} vs fewer steps {bm['fewer_steps_rel_l2_at_same_time']:.4f})")
+    elif bm.get("skipped"):
+        print(f"\n(Brownian-matched comparison skipped: {bm['skipped']})")
     if result["token_scaling"]:
         print("\n== token path per-forward speed-up (random weights, this model's width) ==")
         print(format_table(result["token_scaling"], ["length", "batch", "fraction", "full_ms", "token_ms", "speedup"]))
