@@ -14,12 +14,18 @@ What it measures (all in one process, on the run's model):
    SWD is judged against (``within_spread``: at most the uncached mean + 2 std).
 3. **Parameter sweeps** of the seed README (``sweeps``: each E2-CRF parameter varied around
    ``cache_kwargs``) at the largest batch size: time, speed-up, SWD, relative L2, fraction recomputed.
+   ``K``, ``tau_warn`` and ``random_probe_ratio`` act only on the token path; when the default run takes
+   the step path they are swept with ``mode=token`` next to a token-path reference point.
 4. **Pareto comparison at matched wall time** (largest batch size; SWD and relative L2 to the uncached
    samples): the same sampler with fewer steps
    (``fewer_steps``), DPM-Solver++ and the probability-flow ODE with few steps (``competitors``), and the
    E2-CRF points -- SWD against time per sample, so a user sees curves, not one point.
    ``beats_fewer_steps`` says whether the E2-CRF default lies below the fewer-steps curve (linear
-   interpolation in time) at its own wall time.
+   interpolation in time) at its own wall time. SWD to the test windows is a coarse judge here (fewer
+   Euler–Maruyama steps can score *better* than 100), so
+4b. **Brownian-matched fewer steps** (``brownian_matched``, Euler–Maruyama models): the reference, the
+   cached run and fewer-step runs share ``x_T`` and one Brownian path, so relative L2 to the reference
+   compares them sample by sample; ``beats`` says whether E2-CRF is closer than fewer steps at its time.
 5. **Token scaling** (``token_scaling``): per-forward speed-up of the token path over a full forward for
    random-weight networks of the run's width at several sequence lengths, batch sizes and recompute
    fractions -- which sequence length the token path needs to pay.
@@ -43,6 +49,10 @@ from omegaconf import DictConfig, OmegaConf
 from tsdiff.runs import atomic_write_json, new_child_dir, resolve_run_dir
 from tsdiff.tasks.common import format_table, load_run_model
 from tsdiff.utils import resolve_device
+
+
+#: parameters that only act on the token path (swept there when the default run takes the step path)
+TOKEN_ONLY_PARAMS = ("K", "tau_warn", "random_probe_ratio")
 
 
 # ---------------------------------------------------------------------- shared helpers (also used by ablation)
@@ -287,9 +297,18 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     sweeps = []
     base_big = make_sampler(model, device, big, None)
     xb_big, _ = quality_run(model, device, big, None, cfg, real, seed)
+    default_path = next(r for r in table if r["batch"] == big)["path"]
+    token_reference = False
     for param, values in (container(cfg.sweeps) or {}).items():
+        # K, tau_warn and the probes only act on the token path: sweep them there (plus one reference
+        # point of the token path with the base parameters) instead of printing identical step-path rows
+        on_token = param in TOKEN_ONLY_PARAMS and default_path != "token"
+        if on_token and values and not token_reference:
+            kw = {**cache_kwargs, "mode": "token"}
+            sweeps.append({"param": "mode", "value": "token", **_point(model, device, big, kw, cfg, real, seed, steps, base_big, xb_big)})
+            token_reference = True
         for value in values:
-            kw = {**cache_kwargs, param: value}
+            kw = {**cache_kwargs, param: value, **({"mode": "token"} if on_token else {})}
             sweeps.append({"param": param, "value": value, **_point(model, device, big, kw, cfg, real, seed, steps, base_big, xb_big)})
     result["sweeps"] = sweeps
 
