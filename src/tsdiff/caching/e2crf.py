@@ -146,13 +146,14 @@ import torch
 from tsdiff.caching.base import CachePolicy, CacheStats
 
 #: ``mode="auto"`` uses the token path from this many tokens (and ``AUTO_TOKEN_MIN_BATCH`` samples per
-#: chunk), the step path otherwise. Measured on 2 CPU cores with the default 4-layer d_model-64 transformer
-#: (cmd/benchmark_cache.py, 100 Euler-Maruyama steps): the step path won at every measured length and batch
-#: (L=24: 1.4x / 2.0x at batch 1 / 64; L=96, batch 64: step 3.9x vs token 1.4x at tau_0=0.1, 6.0x vs 2.0x at
-#: tau_0=0.2), because reusing the whole residual costs one embedding + read-out while the token path still
-#: pays the forced, probed and event tokens, refreshes, gathers and scatters. The token path's per-forward
-#: gain grows with length (10% of tokens: 2.5x at L=24, 3.4x at L=96, 4.7x at L=192, batch 64), so it is
-#: kept for long sequences, where it is untested against the step path: auto only picks it from 512 tokens.
+#: chunk), the step path otherwise. Measured on 2 CPU cores, default 4-layer d_model-64 transformer, 100
+#: Euler-Maruyama steps, batch 64, one thread: main-job model (L=24) step path 4.3x at 12 % of the work; a
+#: stocks model with L=96 (8 epochs): step path 7.3x (relative L2 to uncached 0.11) and 6.3x (0.078 at
+#: tau_0=0.03) against the token path's 2.3x-2.8x (0.059). The token path is more accurate per unit of work
+#: (it recomputes only the tokens that matter) but pays K forced tokens, probes, gathers and scatters on
+#: every partial step, while a reused step costs one embedding and one read-out. Its per-forward gain
+#: grows with length (10 % of tokens, batch 64: 2.4x at L=24, 3.4x at L=96, 5.4x at L=192), so auto keeps it
+#: for long sequences, where it is untested against the step path: from 512 tokens.
 AUTO_TOKEN_MIN_LEN = 512
 AUTO_TOKEN_MIN_BATCH = 16
 

@@ -85,7 +85,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         default_root_dir=str(run_dir),
     )
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm, weights_only=True)  # safe loading if Lightning restores anything
     fit_s = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
