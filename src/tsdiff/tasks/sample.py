@@ -131,8 +131,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"= {stats.samples_per_s:.2f} samples/s; saved to {out_dir}",
         flush=True,
     )
+    c = stats.cache
+    if cfg.use_cache and c:
+        print(
+            f"cache ({c['extra'].get('path', '?')} path): {c['fraction_recomputed']:.1%} of the token-layer work recomputed, "
+            f"{c['full_steps']}/{c['network_calls']} evaluations in full, hit ratio {c['hit_ratio']:.3f}, "
+            f"{c['effective_network_calls']:.1f} effective network evaluations, peak cache memory {c['cache_bytes'] / 2**20:.2f} MiB",
+            flush=True,
+        )
     logger = build_logger(cfg.get("logger"), f"{run_dir.name}-sample-{out_dir.name}", out_dir)
     flat = {f"{name}/{k}": v for name, vals in metrics.items() for k, v in vals.items()}
     flat["samples_per_s"] = stats.samples_per_s
+    if cfg.use_cache and c:
+        flat.update({f"cache/{k}": c[k] for k in ("fraction_recomputed", "hit_ratio", "effective_network_calls", "full_steps", "cache_bytes")})
     log_metrics(logger, flat)
     return result
