@@ -120,9 +120,15 @@ class PredictionModel:
         self.cache = cache if cache is not None else NoCache()
         self.guidance = guidance
         self.nfe = 0
+        self._coef: dict[float, tuple[float, float]] = {}
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[float, float]:
-        return self.schedule.alpha_sigma64(t)
+        """``(alpha_t, sigma_t)`` as floats, memoised per time (solvers ask several times per step)."""
+        key = float(t)
+        coef = self._coef.get(key)
+        if coef is None:
+            coef = self._coef[key] = self.schedule.alpha_sigma64(t)
+        return coef
 
     def _raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         tb = t.reshape(1).expand(x.shape[0]).to(x.device)
