@@ -55,3 +55,18 @@ def test_wrong_csv_layout_stops_the_command(tmp_path):
                                 f"runs_dir={tmp_path / 'runs'}"])
     with pytest.raises(DataFormatError, match="must hold timestamps"):
         forecast.run(cfg)
+
+
+def test_in_process_training_keeps_the_weights_of_the_best_val_forecast(tmp_path):
+    from tsdiff.tasks import forecast
+
+    result = forecast.run(_compose("forecast", [
+        *TINY, f"runs_dir={tmp_path / 'runs'}", f"output_dir={tmp_path / 'out'}", "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "model.val_forecast_windows=4",
+        "eval.max_windows=3", "eval.num_samples=2", "eval.solvers.dpmpp_20=null", "eval.solvers.ddpm_100=null",
+        "baselines.ar.epochs=1", "baselines.dlinear=null", "baselines.naive=null",
+    ]))
+    info = result["timediff"]
+    assert info["source"] == "trained_here" and info["selected_by"] == "val/forecast_mse"
+    assert math.isfinite(info["selected_value"]) and info["optimizer_steps"] == 6
+    assert [r["method"] for r in result["rows"]] == ["timediff[dpmpp_10]", "seasonal_naive(m=5)", "ar"]

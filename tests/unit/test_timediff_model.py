@@ -12,6 +12,7 @@ from tsdiff.models.baselines import ARForecaster, DLinearForecaster, SeasonalNai
 from tsdiff.models.timediff import TimeDiff, mixup_mask
 
 L, H, C = 12, 4, 2
+LAST = "denoiser.decoder.2.weight"  # the decoder's final convolution (2 blocks, then the conv)
 TINY = dict(hidden=8, cond_hidden=8, step_sinusoid_dim=8, step_hidden_dim=8, num_timesteps=10)
 
 
@@ -180,3 +181,95 @@ def test_linear_baselines_fit_and_predict():
 def test_fit_point_model_validates_arguments():
     with pytest.raises(ValueError, match="loss_space"):
         fit_point_model(torch.nn.Linear(1, 1), [], epochs=1, loss_space="latent")
+
+
+def test_ar_skip_with_zero_init_starts_at_the_ar_forecast():
+    """ar_skip: F = z_ar + F_net; zero_init: F_net = 0 and decoder = 0, so z_mix = z_ar = x_theta."""
+    model = tiny(ar_skip=True, zero_init=True).eval()
+    lookback = sine_batches(1, batch=3)[0]["lookback"]
+    normed, mean, std = model.normalize(lookback)
+    c = model.condition(normed)
+    z_ar = model.ar_model(normed)
+    assert torch.equal(c[..., :C], z_ar) and torch.equal(c[..., C:], z_ar)
+    samples = model.forecast(lookback, num_samples=2, solver="dpm_solver++", steps=4, seed=0)
+    assert torch.allclose(samples, (z_ar * std + mean).expand_as(samples), atol=1e-4)
+    plain = tiny(zero_init=True).eval()  # paper layout: z_mix = F_net alone (zero here), z_ar apart
+    c_plain = plain.condition(plain.normalize(lookback)[0])
+    assert torch.equal(c_plain[..., :C], torch.zeros(3, H, C))
+    assert not torch.equal(c_plain[..., C:], torch.zeros(3, H, C))
+
+
+def test_ar_skip_future_mixup_mixes_the_refined_forecast():
+    model = tiny(ar_skip=True, zero_init=True).train()
+    batch = sine_batches(1, batch=2)[0]
+    normed, mean, std = model.normalize(batch["lookback"])
+    future_n = (batch["future"] - mean) / std
+    gen = torch.Generator().manual_seed(3)
+    c = model.condition(normed, future_n, gen)
+    m = mixup_mask((2, H, C), generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(c[..., :C], m * model.ar_model(normed) + (1 - m) * future_n, atol=1e-6)
+
+
+def test_ema_tracks_swaps_and_restores_the_weights():
+    model = tiny(ema_decay=0.5)
+    model.update_ema()  # starts at the current weights
+    w = model.denoiser.decoder[-1].weight
+    start = w.detach().clone()
+    with torch.no_grad():
+        w.add_(2.0)
+    model.update_ema()
+    expected = start + 1.0  # 0.5 * start + 0.5 * (start + 2)
+    assert torch.allclose(model.averaged_state_dict()[LAST], expected)
+    with model.ema_weights():
+        assert torch.allclose(w, expected)
+    assert torch.allclose(w, start + 2.0)  # live weights back
+    plain = tiny()
+    assert torch.equal(plain.averaged_state_dict()[LAST], plain.state_dict()[LAST])  # no EMA: plain weights
+    with pytest.raises(ValueError, match="ema_decay"):
+        tiny(ema_decay=1.0)
+
+
+class _FakeTrainer:
+    sanity_checking = False
+
+    def __init__(self, **metrics):
+        self.callback_metrics = {k: torch.tensor(v) for k, v in metrics.items()}
+
+
+def test_best_weights_callback_keeps_and_loads_the_ema_weights():
+    """The weights scored by validation and used for sampling afterwards are the averaged ones."""
+    from tsdiff.models.timediff import _RestoreBestWeights
+
+    model = tiny(ema_decay=0.5, select_by="val_forecast")
+    assert model.selection_metric == "val/forecast_mse"
+    w = model.denoiser.decoder[-1].weight
+    model.update_ema()
+    with torch.no_grad():
+        w.add_(2.0)
+    model.update_ema()
+    averaged = model.averaged_state_dict()[LAST].clone()
+    cb = _RestoreBestWeights(model.selection_metric)
+    cb.on_validation_end(_FakeTrainer(**{"val/forecast_mse": 0.3}), model)
+    with torch.no_grad():
+        w.add_(5.0)  # later, worse epoch
+    model.update_ema()
+    cb.on_validation_end(_FakeTrainer(**{"val/forecast_mse": 0.4}), model)
+    cb.on_train_end(_FakeTrainer(), model)
+    assert torch.allclose(w, averaged) and model._ema is None
+    lookback = sine_batches(1, batch=2)[0]["lookback"]
+    with_restored = model.forecast(lookback, num_samples=2, steps=3, seed=0)
+    assert torch.isfinite(with_restored).all()
+    callbacks = tiny(early_stopping_patience=None).configure_callbacks()
+    assert [type(c).__name__ for c in callbacks] == ["_RestoreBestWeights"]
+    with pytest.raises(ValueError, match="select_by"):
+        tiny(select_by="train_loss")
+
+
+def test_validation_forecast_mse_is_the_sample_mean_error():
+    model = tiny(ar_skip=True, zero_init=True)
+    batch = sine_batches(1, batch=3)[0]
+    got = model.validation_forecast_mse(batch["lookback"], batch["future"])
+    normed, mean, std = model.normalize(batch["lookback"])
+    ar = model.ar_model(normed).detach() * std + mean  # the untrained model forecasts z_ar
+    assert got == pytest.approx(float(((ar - batch["future"]) ** 2).mean()), rel=1e-3)
+

@@ -117,3 +117,14 @@ def test_denoiser_residual_adds_z_mix_to_the_decoder_output():
     nn.init.zeros_(bare.decoder[-1].weight)
     nn.init.zeros_(bare.decoder[-1].bias)
     assert torch.allclose(bare(x, k, c), torch.zeros(2, h, d))
+
+
+def test_zero_output_makes_f_zero_and_the_denoiser_return_z_mix():
+    torch.manual_seed(0)
+    d, h, lb = 3, 8, 16
+    cond_net = ConditionNet(d, lb, h, hidden=HID).zero_output_().eval()
+    assert torch.equal(cond_net(torch.randn(2, lb, d)), torch.zeros(2, h, d))
+    net = TimeDiffDenoiser(d, h, 2 * d, hidden=16).zero_output_().eval()
+    x, k, c = torch.randn(2, h, d), torch.tensor([1.0, 50.0]), torch.randn(2, h, 2 * d)
+    assert torch.equal(net(x, k, c), c[..., :d])
+    assert all(p.requires_grad for p in net.decoder[-1].parameters())  # zeroed, not frozen

@@ -120,6 +120,12 @@ class ConditionNet(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.time_proj = nn.Linear(lookback, horizon)
 
+    def zero_output_(self) -> "ConditionNet":
+        """Zero the last layer (``L -> H``), so ``F`` outputs 0 until training moves it."""
+        nn.init.zeros_(self.time_proj.weight)
+        nn.init.zeros_(self.time_proj.bias)
+        return self
+
     def forward(self, lookback: torch.Tensor) -> torch.Tensor:
         _check_series(lookback, self.lookback, self.n_channels, "ConditionNet input (lookback window)")
         x = lookback.transpose(1, 2)  # (B, d, L)
@@ -196,6 +202,13 @@ class TimeDiffDenoiser(nn.Module):
             *[ConvBlock(hidden, hidden, dropout=dropout) for _ in range(n_decoder_blocks - 1)],
             nn.Conv1d(hidden, n_channels, 3, padding=1),
         )
+
+    def zero_output_(self) -> "TimeDiffDenoiser":
+        """Zero the decoder's last convolution: with ``residual=True`` the untrained denoiser then returns
+        ``z_mix`` exactly instead of ``z_mix`` plus random-weight noise."""
+        nn.init.zeros_(self.decoder[-1].weight)
+        nn.init.zeros_(self.decoder[-1].bias)
+        return self
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, H, d)`` diffused future; ``k``: ``(B,)`` steps; ``cond``: ``(B, H, cond_channels)``."""

@@ -96,10 +96,14 @@ def _build_or_load_model(cfg: DictConfig, dm, out_dir: Path) -> tuple[Any, dict[
     ar_s = time.perf_counter() - start
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=str(out_dir))
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm, weights_only=True)
     fit_s = time.perf_counter() - start
     val = trainer.callback_metrics.get("val/loss")
+    selection = getattr(model, "selection_metric", "val/loss")
+    kept = [cb.best for cb in trainer.callbacks if getattr(cb, "monitor", None) == selection and hasattr(cb, "best")]
     return model, {
+        "selected_by": selection,
+        "selected_value": float(kept[0]) if kept and np.isfinite(kept[0]) else None,
         "source": "trained_here",
         "ar_pretrain_seconds": ar_s,
         "fit_seconds": fit_s,
