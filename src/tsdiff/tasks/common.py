@@ -92,7 +92,9 @@ def make_atomic_checkpoint_callback(dirpath: Path):
         def _save(self, trainer: "pl.Trainer") -> None:
             target = self.dirpath / "last.ckpt"
             tmp = self.dirpath / ".last.ckpt.tmp"
-            trainer.save_checkpoint(str(tmp))  # every rank calls it; rank 0 writes
+            # a full checkpoint (optimizer and loop state too, so a run can resume); every rank calls it,
+            # rank 0 writes. (Lightning's `weights_only` here is about what is *saved*, not how it is loaded.)
+            trainer.save_checkpoint(str(tmp), weights_only=False)
             if trainer.is_global_zero:
                 os.replace(tmp, target)
             trainer.strategy.barrier("tsdiff-checkpoint")
