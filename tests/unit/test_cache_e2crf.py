@@ -279,3 +279,19 @@ def test_stats_of_chunks_are_merged_not_overwritten():
     b = CacheStats(network_calls=30, extra={"K_effective": 5, "sample_full_recomputes": 3, "mean_kappa": 1.0, "path": "step"})
     extra = a.merge(b).extra
     assert extra == {"K_effective": 5, "sample_full_recomputes": 5, "mean_kappa": 0.875, "path": "step"}
+
+
+def test_time_domain_models_get_the_tau_0_advice_once(caplog, monkeypatch):
+    import tsdiff.caching.e2crf as e2crf
+
+    monkeypatch.setattr(e2crf, "_TIME_DOMAIN_WARNED", False)
+    m = _model(fourier=False)
+    with caplog.at_level("WARNING", logger="tsdiff.caching.e2crf"):
+        _sample(m, 2, {"tau_0": 0.1}, seed=0)
+        _sample(m, 2, {"tau_0": 0.1}, seed=0)
+    assert sum("time-domain model" in r.getMessage() for r in caplog.records) == 1
+    caplog.clear()
+    monkeypatch.setattr(e2crf, "_TIME_DOMAIN_WARNED", False)
+    with caplog.at_level("WARNING", logger="tsdiff.caching.e2crf"):
+        _sample(_model(), 2, {"tau_0": 0.1}, seed=0)  # frequency domain: no advice
+    assert not caplog.records
