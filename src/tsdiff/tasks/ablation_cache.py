@@ -21,15 +21,14 @@ samples, fraction of tokens recomputed and effective network evaluations. Table 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from tsdiff.tasks.benchmark_cache import (
-    _env, container, interleaved_medians, load_model_and_data, make_sampler, quality_run, rel_l2, run_checked, swd,
-    write_outputs,
+    _env, container, interleaved_medians, load_model_and_data, make_sampler, quality_run, rel_l2, run_checked, save_figure,
+    swd, write_outputs,
 )
 from tsdiff.tasks.common import format_table
 
@@ -128,9 +127,4 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.bar(names, [r[key] for r in rows])
         ax.set_ylabel(label)
         ax.tick_params(axis="x", rotation=45, labelsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tsdiff.runs import atomic_write_json, new_child_dir, resolve_run_dir
+from tsdiff.runs import atomic_path, atomic_write_json, new_child_dir, resolve_run_dir
 from tsdiff.tasks.common import format_table, load_run_model
 from tsdiff.utils import resolve_device
 
@@ -156,6 +156,16 @@ def quality_run(model, device, batch: int, cache_kwargs, cfg, real, seed: int, s
             "the cache thresholds are too loose for this model: lower tau_0 or R"
         )
     return x, stats
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically (a half-written plot never replaces a good one), then close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
 
 
 def write_outputs(cfg: DictConfig, run_dir: Path, kind: str, result: dict[str, Any]) -> tuple[Path, Path]:
@@ -504,9 +514,4 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("batch size")
     ax.set_ylabel("speed-up (median)")
     ax.set_title("E2-CRF speed-up")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    plt.close(fig)
+    save_figure(fig, path)
