@@ -756,7 +756,6 @@ class E2CRFCache(CachePolicy):
             self._count(full=True, layers=n_layers, length=length, batch=batch, computed=batch * length)
             self._bytes()
             return out
-        out = net.readout(h0 + self._D)
         n_need, g = 0, None
         if self.event_trigger and self.selection == "event":
             u = self._intensity(h0, self._h0_ref)
@@ -765,6 +764,8 @@ class E2CRFCache(CachePolicy):
             need = intensity.mean() > self.tau_0 if self.batch_sync else intensity > self.tau_0
             need = need.expand(batch) if need.dim() == 0 else need
             n_need = int(need.sum())  # the one host sync per step
+        # the reused output, for the samples that are not recomputed (skipped when all are)
+        out = net.readout(h0 + self._D) if n_need < batch else None
         if n_need:
             rows = None if n_need == batch else need.nonzero().squeeze(1)
             pick = (lambda v: v) if rows is None else (lambda v: v.index_select(0, rows))
