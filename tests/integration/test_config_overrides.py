@@ -54,3 +54,17 @@ def test_trainer_and_logger_overrides_compose(overrides):
     assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
     if overrides == ["trainer=ddp"]:
         assert cfg.trainer.strategy == "ddp"
+
+
+@pytest.mark.parametrize("name,ci,hidden", [("timediff", False, 256), ("timediff_ci", True, 32)])
+def test_timediff_model_configs_compose(name, ci, hidden):
+    """`model=timediff` is the paper's multivariate model (width 256); `model=timediff_ci` inherits it and
+    switches to channel independence at width 32."""
+    from tsdiff.models.timediff import TimeDiff
+    from tsdiff.nets.timediff import PerChannelDenoiser
+
+    cfg = compose_cfg("train", [f"model={name}", "datamodule=forecast_stocks"])
+    assert cfg.model.channel_independent is ci and cfg.model.hidden == hidden
+    assert cfg.model.ar_skip and cfg.model.select_by == "val_forecast"  # inherited departures
+    model = instantiate(cfg.model, lookback=8, horizon=2, n_channels=3, step_sinusoid_dim=8, step_hidden_dim=8)
+    assert isinstance(model, TimeDiff) and isinstance(model.denoiser, PerChannelDenoiser) is ci

@@ -38,6 +38,7 @@ def test_train_then_forecast_table(tmp_path):
     methods = [r["method"] for r in result["rows"]]
     assert methods == ["timediff[dpmpp_20]", "timediff[ddpm_100]", "naive", "seasonal_naive(m=5)", "ar", "dlinear"]
     assert result["timediff"]["model_id"] == trained["run_id"] and result["n_windows"] == 3
+    assert not result["timediff"]["channel_independent"]  # model=timediff: the paper's multivariate model
     for row in result["rows"]:
         assert all(math.isfinite(row[k]) and row[k] >= 0 for k in ("mse", "mae", "crps", "ms_per_window"))
     nfe = {r["method"]: r["nfe"] for r in result["rows"] if r["kind"] == "timediff"}
@@ -68,5 +69,6 @@ def test_in_process_training_keeps_the_weights_of_the_best_val_forecast(tmp_path
     ]))
     info = result["timediff"]
     assert info["source"] == "trained_here" and info["selected_by"] == "val/forecast_mse"
+    assert info["channel_independent"]  # forecast's default model=timediff_ci
     assert math.isfinite(info["selected_value"]) and info["optimizer_steps"] == 6
     assert [r["method"] for r in result["rows"]] == ["timediff[dpmpp_10]", "seasonal_naive(m=5)", "ar"]

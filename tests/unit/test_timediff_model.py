@@ -273,3 +273,28 @@ def test_validation_forecast_mse_is_the_sample_mean_error():
     ar = model.ar_model(normed).detach() * std + mean  # the untrained model forecasts z_ar
     assert got == pytest.approx(float(((ar - batch["future"]) ** 2).mean()), rel=1e-3)
 
+
+
+def test_channel_independent_model_trains_on_channel_subsets_and_forecasts_every_variable():
+    torch.manual_seed(0)
+    model = TimeDiff(L, H, 3, channel_independent=True, ci_channels_per_step=2, ar_skip=True, zero_init=True, **TINY)
+    n_mv = sum(p.numel() for p in TimeDiff(L, H, 3, ar_skip=True, **TINY).parameters())
+    assert sum(p.numel() for p in model.parameters()) < n_mv  # univariate F and denoiser
+    g = torch.Generator().manual_seed(0)
+    channels = model._training_channels(5, g, torch.device("cpu"))
+    assert channels.shape == (5, 2) and all(len(set(row.tolist())) == 2 for row in channels)
+    batch = {"lookback": torch.randn(5, L, 3), "future": torch.randn(5, H, 3)}
+    loss = model.diffusion_loss(batch, torch.Generator().manual_seed(1))
+    loss.backward()
+    assert torch.isfinite(loss) and model.ar_model.weight.grad is not None
+    # the AR model keeps per-variable weights: with zero_init the untrained CI model forecasts z_ar
+    model.eval()
+    x = torch.randn(4, L, 3)
+    xn, mean, std = model.normalize(x)
+    with torch.no_grad():
+        c = model.condition(xn)
+    assert c.shape == (4, H, 6) and torch.allclose(c[..., :3], c[..., 3:])
+    out = model.forecast(x, num_samples=2, steps=3, seed=0)
+    assert out.shape == (2, 4, H, 3) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="ci_channels_per_step"):
+        TimeDiff(L, H, 3, channel_independent=True, ci_channels_per_step=0, **TINY)

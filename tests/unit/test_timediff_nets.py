@@ -11,6 +11,8 @@ from tsdiff.nets.timediff import (
     ConditionNet,
     ConvBlock,
     DLinear,
+    PerChannel,
+    PerChannelDenoiser,
     StepEmbedding,
     TimeDiffDenoiser,
     instance_denormalize,
@@ -128,3 +130,31 @@ def test_zero_output_makes_f_zero_and_the_denoiser_return_z_mix():
     x, k, c = torch.randn(2, h, d), torch.tensor([1.0, 50.0]), torch.randn(2, h, 2 * d)
     assert torch.equal(net(x, k, c), c[..., :d])
     assert all(p.requires_grad for p in net.decoder[-1].parameters())  # zeroed, not frozen
+
+
+def test_per_channel_nets_treat_every_variable_alone_with_shared_weights():
+    """Channel independence (Appendix C): variable j of the output depends only on variable j of the
+    input (and its own condition channels), through one set of weights."""
+    torch.manual_seed(0)
+    d, h, lb = 3, 5, 12
+    inner = ConditionNet(1, lb, h, hidden=HID).eval()
+    cond_net = PerChannel(inner).eval()
+    x = torch.randn(2, lb, d)
+    out = cond_net(x)
+    assert out.shape == (2, h, d)
+    for j in range(d):
+        close(out[..., j : j + 1], inner(x[..., j : j + 1]))
+    assert cond_net(x[..., :2]).shape == (2, h, 2)  # any number of variables (CI training subsets)
+
+    den_inner = TimeDiffDenoiser(1, h, 2, hidden=HID).eval()
+    den = PerChannelDenoiser(den_inner).eval()
+    xt, k = torch.randn(2, h, d), torch.tensor([3.0, 7.0])
+    z_mix, z_ar = torch.randn(2, h, d), torch.randn(2, h, d)
+    y = den(xt, k, torch.cat([z_mix, z_ar], dim=-1))
+    for j in range(d):
+        cj = torch.cat([z_mix[..., j : j + 1], z_ar[..., j : j + 1]], dim=-1)
+        close(y[..., j : j + 1], den_inner(xt[..., j : j + 1], k, cj))
+    with pytest.raises(ValueError, match="univariate denoiser"):
+        PerChannelDenoiser(TimeDiffDenoiser(2, h, 4, hidden=HID))
+    with pytest.raises(ValueError, match=r"cond \(B, H, 2 \* C\)"):
+        den(xt, k, z_mix)

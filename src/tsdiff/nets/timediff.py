@@ -16,6 +16,9 @@ Modules
 * :class:`ARLinear` - the linear AR model ``M_ar`` of eq. (16); also the "AR alone" baseline.
 * :class:`TimeDiffDenoiser` - the denoising network of Sec. 3.3: input projection ``z_1^k``, step
   embedding, convolutional encoder ``z_2^k``, decoder fusing the condition ``c`` of eq. (13).
+* :class:`PerChannel` / :class:`PerChannelDenoiser` - run a univariate (``d = 1``) conditioning network
+  or denoiser on every variable of a multivariate series separately, with shared weights: the
+  channel-independence setup of TimeDiff's Appendix C (Table 12) and PatchTST.
 * :class:`DLinear` - DLinear (Zeng et al., AAAI 2023): moving-average decomposition + two linear maps.
 """
 
@@ -32,6 +35,8 @@ __all__ = [
     "ConditionNet",
     "ARLinear",
     "TimeDiffDenoiser",
+    "PerChannel",
+    "PerChannelDenoiser",
     "DLinear",
     "instance_normalize",
     "instance_denormalize",
@@ -223,6 +228,70 @@ class TimeDiffDenoiser(nn.Module):
         if self.residual:
             out = out + cond[..., : self.n_channels]  # + z_mix
         return out
+
+
+def _to_series(x: torch.Tensor) -> torch.Tensor:
+    """``(B, T, C)`` -> ``(B * C, T, 1)``: every variable becomes its own univariate series."""
+    b, t, c = x.shape
+    return x.transpose(1, 2).reshape(b * c, t, 1)
+
+
+def _from_series(x: torch.Tensor, n_channels: int) -> torch.Tensor:
+    """Inverse of :func:`_to_series`: ``(B * C, T, 1)`` -> ``(B, T, C)``."""
+    bc, t, _ = x.shape
+    return x.reshape(bc // n_channels, n_channels, t).transpose(1, 2)
+
+
+class PerChannel(nn.Module):
+    """Apply a univariate ``(batch, L, 1) -> (batch, H, 1)`` network to each variable of a
+    ``(batch, L, C)`` input with shared weights (channel independence, TimeDiff Appendix C).
+
+    Any ``C`` works, so a training step may feed a subset of the variables."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def zero_output_(self) -> "PerChannel":
+        self.net.zero_output_()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3:
+            raise ValueError(f"PerChannel input must be (batch, length, channels), got {tuple(x.shape)}")
+        return _from_series(self.net(_to_series(x)), x.shape[-1])
+
+
+class PerChannelDenoiser(nn.Module):
+    """Channel-independent :class:`TimeDiffDenoiser`: the diffused future ``(B, H, C)`` is denoised as
+    ``B * C`` univariate series by a denoiser built for ``d = 1``.
+
+    The condition arrives in the multivariate layout ``(B, H, G * C)``, ``G`` groups of ``C`` channels
+    (``[z_mix, z_ar]``: ``G = 2``); each series gets its own ``G`` condition channels, so the inner
+    denoiser sees ``cond_channels = G``."""
+
+    def __init__(self, net: TimeDiffDenoiser):
+        super().__init__()
+        if net.n_channels != 1:
+            raise ValueError(f"PerChannelDenoiser wraps a univariate denoiser (n_channels=1), got {net.n_channels}")
+        self.net = net
+        self.horizon, self.groups = net.horizon, net.cond_channels
+
+    def zero_output_(self) -> "PerChannelDenoiser":
+        self.net.zero_output_()
+        return self
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or cond.ndim != 3 or cond.shape[:2] != x.shape[:2] or cond.shape[-1] != self.groups * x.shape[-1]:
+            raise ValueError(
+                f"channel-independent denoiser: x must be (B, H, C) and cond (B, H, {self.groups} * C); got x "
+                f"{tuple(x.shape)}, cond {tuple(cond.shape)}"
+            )
+        b, h, c = x.shape
+        # (B, H, G * C) -> (B, C, H, G) -> (B * C, H, G): series (b, ch) keeps the G values of its channel
+        cond_s = cond.reshape(b, h, self.groups, c).permute(0, 3, 1, 2).reshape(b * c, h, self.groups)
+        out = self.net(_to_series(x), k.repeat_interleave(c), cond_s)
+        return _from_series(out, c)
 
 
 class _MovingAverage(nn.Module):

@@ -247,6 +247,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("model") is not None:
             model, result["timediff"] = _build_or_load_model(cfg, dm, out_dir)
             result["timediff"]["num_parameters"] = int(sum(p.numel() for p in model.parameters()))
+            result["timediff"]["channel_independent"] = bool(getattr(model.hparams, "channel_independent", False))
             rows += _eval_timediff(model, lookback, future, cfg)
         rows += _eval_baselines(cfg, dm, lookback, future)
     result["rows"] = rows
