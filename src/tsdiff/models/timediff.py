@@ -61,8 +61,9 @@ decoder still follows ``z_mix``.
 
 Tried and dropped (energy, same budget): future mixup off (val 0.27-0.71, unstable), mixup on only half
 the windows (0.5-0.9), ``m`` as an extra input channel (0.31-0.40), a lower LR (5e-4: no change),
-``freeze_ar`` with ``ar_skip`` (test still above AR). Still weak: on the energy *test* windows the
-forecast stays 2-3% behind the AR model alone (val is 3-5% ahead), and longer training does not help.
+``freeze_ar`` with ``ar_skip`` (test still above AR). With all of the above the multivariate model stays
+2-3% behind the AR model alone on the energy *test* windows (val is 3-5% ahead) and longer training
+does not help; channel independence (next section) is what closes that gap.
 
 Channel independence (``channel_independent``, the paper's Appendix C / Table 12)
 -------------------------------------------------------------------------------
