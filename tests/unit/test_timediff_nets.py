@@ -158,3 +158,23 @@ def test_per_channel_nets_treat_every_variable_alone_with_shared_weights():
         PerChannelDenoiser(TimeDiffDenoiser(2, h, 4, hidden=HID))
     with pytest.raises(ValueError, match=r"cond \(B, H, 2 \* C\)"):
         den(xt, k, z_mix)
+
+
+def test_conv_block_inference_path_folds_batchnorm_exactly():
+    """Eval mode without autograd folds BatchNorm into the convolution: same output as the layer stack."""
+    torch.manual_seed(0)
+    block = ConvBlock(3, 5, dropout=0.0)
+    block[1].running_mean.uniform_(-1, 1)
+    block[1].running_var.uniform_(0.5, 2.0)
+    nn.init.uniform_(block[1].weight, 0.5, 1.5)
+    nn.init.uniform_(block[1].bias, -0.5, 0.5)
+    block.eval()
+    x = torch.randn(4, 3, 7)
+    reference = block(x)  # grad enabled: the plain layers
+    with torch.inference_mode():
+        folded = block(x)
+    close(folded, reference)
+    block.train()
+    with torch.no_grad():
+        batch_stats = block(x)  # training mode normalizes with the batch's statistics, never the folded ones
+    assert not torch.allclose(batch_stats, folded, atol=1e-3)
