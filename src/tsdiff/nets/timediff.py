@@ -291,7 +291,7 @@ class PerChannelDenoiser(nn.Module):
         if net.n_channels != 1:
             raise ValueError(f"PerChannelDenoiser wraps a univariate denoiser (n_channels=1), got {net.n_channels}")
         self.net = net
-        self.horizon, self.groups = net.horizon, net.cond_channels
+        self.groups = net.cond_channels
 
     def zero_output_(self) -> "PerChannelDenoiser":
         self.net.zero_output_()
