@@ -12,6 +12,8 @@ from tsdiff.sampling import DiffusionSampler
 NETS = {
     "transformer": partial(TransformerScoreNet, d_model=16, num_layers=2, num_heads=2, dim_feedforward=32),
     "lstm": partial(LSTMScoreNet, d_model=16, num_layers=2),
+    "transformer_patched": partial(TransformerScoreNet, d_model=16, num_layers=2, num_heads=2, dim_feedforward=32,
+                                   patch_size=3),
 }
 
 

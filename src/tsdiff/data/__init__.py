@@ -8,6 +8,7 @@ name           class                       source
 stocks         :class:`StocksDataModule`   bundled (TimeGAN / Diffusion-TS), offline
 energy         :class:`EnergyDataModule`   bundled (UCI appliances energy), offline
 synthetic      :class:`SyntheticDataModule` generated from ``seed``
+beats          :class:`BeatsDataModule`    generated zero-padded heartbeats (length 187)
 ecg            :class:`ECGDataModule`      Kaggle shayanfazeli/heartbeat
 nasdaq         :class:`NASDAQDataModule`   Kaggle jacksoncrow/stock-market-dataset
 nasa           :class:`NASADataModule`     Kaggle patrickfleith/nasa-battery-dataset
@@ -19,6 +20,7 @@ Every datamodule yields ``{"x": FloatTensor(batch, seq_len, channels)}`` batches
 statistics of the training split; see :mod:`tsdiff.data.base`.
 """
 
+from tsdiff.data.beats import BeatsDataModule, make_beats
 from tsdiff.data.base import Scaler, TimeSeriesDataModule, WindowDataset, sliding_windows
 from tsdiff.data.datamodules import (
     ECGDataModule,
@@ -38,6 +40,7 @@ DATAMODULES = {
     "stocks": StocksDataModule,
     "energy": EnergyDataModule,
     "synthetic": SyntheticDataModule,
+    "beats": BeatsDataModule,
     "ecg": ECGDataModule,
     "nasdaq": NASDAQDataModule,
     "nasa": NASADataModule,
@@ -46,6 +49,7 @@ DATAMODULES = {
 }
 
 __all__ = [
+    "BeatsDataModule",
     "DATAMODULES",
     "DataFormatError",
     "DatasetSpec",
@@ -63,6 +67,7 @@ __all__ = [
     "USDroughtsDataModule",
     "WindowDataset",
     "get_spec",
+    "make_beats",
     "make_sinusoids",
     "sliding_windows",
     "smooth_frequency",

@@ -18,7 +18,13 @@ Parameterization and loss
     ``s = sigma / alpha``:  ``x0_hat = c_skip x~ + c_out F(c_in x~, t)`` with
     ``c_skip = d^2 / (s^2 + d^2)``, ``c_out = s d / sqrt(s^2 + d^2)``, ``c_in = 1 / sqrt(s^2 + d^2)``, where
     ``d`` is the **per-component** standard deviation of the training data in the diffusion variable
-    (a buffer fitted in :meth:`fit_data_std` before training and saved in the checkpoint). This matters
+    (a buffer fitted in :meth:`fit_data_std` before training and saved in the checkpoint). EDM assumes
+    zero-mean data; we precondition around the per-component training mean ``m`` instead
+    (``x~ - m`` in place of ``x~``, ``m`` added back to ``x0_hat``), so that ``F``'s target stays of unit
+    variance where the mean is far from 0 relative to ``d``: zero-padded or constant positions
+    (``d -> 0``) otherwise ask ``F`` for ``m / d`` (measured: val loss 2e5 on zero-padded beats), and the
+    mean beat or the mean frequency profile is given to the network instead of learned. ``d`` is floored
+    at ``data_std_floor`` times the rms of ``d`` (relative to the data's scale, not an absolute 1e-3). This matters
     here: in the frequency domain the DC component of standardized stock windows has ~25x the variance
     of the other components, and a plain noise predictor must reproduce ``eps ~ x_t`` to within
     ``alpha_1 ~ 0.007`` at high noise, otherwise its errors are amplified by ``1/alpha`` and sampling
@@ -64,6 +70,8 @@ class ScoreModule(pl.LightningModule):
         ema_decay: EMA of the weights used at inference (0 disables).
         default_solver: the solver a DiffusionSampler uses when none is named (the reference integrates
             the reverse SDE with Euler–Maruyama).
+        center: precondition around the per-component training mean (see module docstring).
+        data_std_floor: floor of ``data_std`` as a fraction of its rms over components.
     """
 
     def __init__(
@@ -80,6 +88,8 @@ class ScoreModule(pl.LightningModule):
         ema_decay: float = 0.999,
         default_solver: str = "euler_maruyama",
         parameterization: str = "x0",
+        center: bool = True,
+        data_std_floor: float = 0.01,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "noise_scheduler"])
@@ -87,6 +97,8 @@ class ScoreModule(pl.LightningModule):
             raise ValueError(f"n_channels and max_len must be positive, got {n_channels}, {max_len}")
         if parameterization not in ("x0", "eps"):
             raise ValueError(f"ScoreModule parameterization must be 'x0' (preconditioned) or 'eps', got '{parameterization}'")
+        if not 0.0 < data_std_floor <= 1.0:
+            raise ValueError(f"data_std_floor must lie in (0, 1] (a fraction of the data's rms std), got {data_std_floor}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
         self.net = backbone if isinstance(backbone, nn.Module) else backbone(n_channels=n_channels, max_len=max_len)
@@ -102,15 +114,28 @@ class ScoreModule(pl.LightningModule):
         #: ``(network_input, network_time) -> output``; a token-level cache policy installs itself here
         #: for the duration of a sampling run (so preconditioning and representation stay in one place).
         self.network_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-        # per-component std of the training data in the diffusion variable (see fit_data_std)
+        # per-component mean and std of the training data in the diffusion variable (see fit_data_std)
         self.register_buffer("data_std", torch.ones(max_len, n_channels))
+        self.register_buffer("data_mean", torch.zeros(max_len, n_channels))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # runs saved before mean-centred preconditioning have no data_mean: they were trained with m = 0
+        state_dict.setdefault(prefix + "data_mean", torch.zeros_like(self.data_mean))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ data statistics
     @torch.no_grad()
-    def fit_data_std(self, windows: torch.Tensor, floor: float = 1e-3) -> None:
-        """Set ``data_std`` from training windows ``(N, max_len, n_channels)`` (time domain)."""
-        z = self.encode(torch.as_tensor(windows, dtype=torch.float32, device=self.data_std.device))
-        self.data_std.copy_(z.std(dim=0).clamp_min(floor))
+    def fit_data_std(self, windows: torch.Tensor) -> None:
+        """Set ``data_mean`` and ``data_std`` from training windows ``(N, max_len, n_channels)`` (time domain).
+
+        The std floor is relative (``data_std_floor`` x the rms std over components, at least 1e-6), so a
+        constant position or channel gets a finite, scale-aware preconditioning instead of weights ~1e6.
+        """
+        z = self.encode(torch.as_tensor(windows, dtype=torch.float32, device=self.data_std.device)).double()
+        std = z.std(dim=0) if len(z) > 1 else torch.zeros_like(z[0])
+        floor = max(float(self.hparams.data_std_floor) * float(std.pow(2).mean().sqrt()), 1e-6)
+        self.data_std.copy_(std.clamp_min(floor).float())
+        self.data_mean.copy_(z.mean(dim=0).float() if self.hparams.center else torch.zeros_like(self.data_mean))
 
     def on_datamodule_ready(self, datamodule) -> None:
         """Called by the train task before fitting: fit ``data_std`` on the training split."""
@@ -176,8 +201,9 @@ class ScoreModule(pl.LightningModule):
         if self.parameterization == "eps":
             return net(self.network_input(x), self.schedule.network_time(t))
         alpha, c_skip, c_out, c_in = self.preconditioning(t, x.ndim)
-        x_scaled = x / alpha
-        return c_skip * x_scaled + c_out * net(self.network_input(c_in * x_scaled), self.schedule.network_time(t))
+        x_centred = x / alpha - self.data_mean
+        out = net(self.network_input(c_in * x_centred), self.schedule.network_time(t))
+        return self.data_mean + c_skip * x_centred + c_out * out
 
     # ------------------------------------------------------------------ training
     def diffusion_loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

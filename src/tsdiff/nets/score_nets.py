@@ -96,6 +96,12 @@ class TransformerScoreNet(nn.Module):
             12 / 2048 (3.2 M parameters, ~2 s per step at batch 64 on 2 CPU cores); tsdiff's default
             config is smaller so that the main job trains in minutes (see conf/score_model/default.yaml).
         dropout: dropout inside attention and feed-forward.
+        patch_size: positions per token. ``1`` is the reference's one token per position (or frequency
+            component); ``P > 1`` embeds ``P`` consecutive positions (zero-padded at the end) as one token
+            and reads them out together, so attention costs ``(L / P)^2`` instead of ``L^2`` -- what makes
+            long sequences (L = 187 beats) affordable on a CPU. ``"auto"`` picks the smallest ``P`` that
+            gives at most ``max_tokens`` tokens.
+        max_tokens: the token budget of ``patch_size="auto"``.
     """
 
     def __init__(
@@ -107,29 +113,45 @@ class TransformerScoreNet(nn.Module):
         num_heads: int = 4,
         dim_feedforward: int = 256,
         dropout: float = 0.0,
+        patch_size: int | str = 1,
+        max_tokens: int = 48,
     ):
         super().__init__()
         self.n_channels, self.max_len, self.d_model = n_channels, max_len, d_model
-        self.embed = nn.Linear(n_channels, d_model)
-        self.pos = nn.Parameter(torch.randn(1, max_len, d_model) * 0.02)
+        if patch_size == "auto":
+            if int(max_tokens) < 1:
+                raise ValueError(f"max_tokens={max_tokens} must be >= 1")
+            patch_size = math.ceil(max_len / int(max_tokens))
+        if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1:
+            raise ValueError(f"patch_size={patch_size!r} must be a positive integer or 'auto'")
+        self.patch_size = patch_size
+        self.num_tokens = math.ceil(max_len / patch_size)
+        self.embed = nn.Linear(n_channels * patch_size, d_model)
+        self.pos = nn.Parameter(torch.randn(1, self.num_tokens, d_model) * 0.02)
         self.time = GaussianFourierTimeEncoding(d_model)
         self.layers = nn.ModuleList(
             [ScoreTransformerLayer(d_model, num_heads, dim_feedforward, dropout) for _ in range(num_layers)]
         )
         self.final_norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, n_channels)
+        self.head = nn.Linear(d_model, n_channels * patch_size)
 
     def embed_tokens(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Input tokens ``(batch, length, d_model)``: value embedding + position + time encoding."""
+        """Input tokens ``(batch, num_tokens, d_model)``: value embedding + position + time encoding."""
         if x.shape[1:] != (self.max_len, self.n_channels):
             raise ValueError(
                 f"TransformerScoreNet expects inputs of shape (batch, {self.max_len}, {self.n_channels}), "
                 f"got {tuple(x.shape)}"
             )
+        if self.patch_size > 1:
+            x = F.pad(x, (0, 0, 0, self.num_tokens * self.patch_size - self.max_len))
+            x = x.reshape(x.shape[0], self.num_tokens, self.patch_size * self.n_channels)
         return self.embed(x) + self.pos + self.time(t)[:, None, :]
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(self.final_norm(h))
+        out = self.head(self.final_norm(h))
+        if self.patch_size > 1:
+            out = out.reshape(out.shape[0], self.num_tokens * self.patch_size, self.n_channels)[:, : self.max_len]
+        return out
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h = self.embed_tokens(x, t)
