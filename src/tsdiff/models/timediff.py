@@ -61,7 +61,7 @@ class TimeDiff(pl.LightningModule):
     """
 
     def __init__(self, lookback: int | None = None, horizon: int | None = None, n_channels: int | None = None, *,
-                 condition_net: Net, denoiser: Net, ar_model: Net | None = None, schedule: NoiseSchedule | None = None,
+                 condition_net: Net | None = None, denoiser: Net | None = None, ar_model: Net | None = None, schedule: NoiseSchedule | None = None,
                  parameterization: str = "x0", future_mixup: bool = True, mixup: str = "soft", mixup_tau: float = 0.5,
                  mixup_segment_mean: float = 3.0, use_ar: bool = True, ar_skip: bool = False, zero_init: bool = False,
                  channel_independent: bool = False, ci_channels_per_step: int | None = None, freeze_ar: bool = False,
@@ -74,6 +74,9 @@ class TimeDiff(pl.LightningModule):
         if missing:
             raise ValueError(f"TimeDiff needs the data facts {missing}: pass them (model.lookback=96 ...) or let the train "
                              f"task supply them with instantiate(cfg.model, **datamodule.model_kwargs())")
+        if condition_net is None or denoiser is None:
+            raise ValueError("TimeDiff needs its networks: condition_net= and denoiser= (modules or factories, e.g. "
+                             "tsdiff.nets.timediff.condition_network / denoising_network; conf/model/timediff.yaml)")
         if parameterization not in ("x0", "eps"):
             raise ValueError(f"TimeDiff predicts 'x0' (the paper) or 'eps' (Table 6 ablation), got {parameterization!r}")
         checks = [(mixup in MIXUP_KINDS, f"mixup={mixup!r} is unknown; choose one of {', '.join(MIXUP_KINDS)}"),
