@@ -15,7 +15,7 @@ from tsdiff.models.baselines import ARForecaster, DLinearForecaster, SeasonalNai
 from tsdiff.models.callbacks import EMA, ARPretraining, RestoreBestWeights, ValForecastMSE, pretrain_ar
 from tsdiff.models.timediff import TimeDiff, mixup_mask
 from tsdiff.nets.baselines import ARLinear
-from tsdiff.nets.timediff import condition_network, denoising_network
+from tsdiff.nets.timediff import condition_network, denoising_network, draw_channels
 from tsdiff.sampling.forecast import sample_forecasts
 
 L, H, C = 12, 4, 2
@@ -319,7 +319,7 @@ def test_channel_independent_model_trains_on_channel_subsets_and_forecasts_every
     n_mv = sum(p.numel() for p in tiny(3, ar_skip=True).parameters())
     assert sum(p.numel() for p in model.parameters()) < n_mv  # univariate F and denoiser
     g = torch.Generator().manual_seed(0)
-    channels = model._training_channels(5, g, torch.device("cpu"))
+    channels = draw_channels(5, 3, model.hparams.ci_channels_per_step, g)
     assert channels.shape == (5, 2) and all(len(set(row.tolist())) == 2 for row in channels)
     batch = {"lookback": torch.randn(5, L, 3), "future": torch.randn(5, H, 3)}
     loss = model.diffusion_loss(batch, torch.Generator().manual_seed(1))

@@ -32,7 +32,7 @@ from torch import nn
 from tsdiff.diffusion.schedules import CosineSchedule, NoiseSchedule
 from tsdiff.models.callbacks import EMA, ARPretraining, RestoreBestWeights, ValForecastMSE
 from tsdiff.nets.baselines import instance_denormalize, instance_normalize
-from tsdiff.nets.timediff import MIXUP_KINDS, gather_channels, mixup_mask
+from tsdiff.nets.timediff import MIXUP_KINDS, draw_channels, gather_channels, mixup_mask
 
 __all__ = ["TimeDiff", "mixup_mask"]
 
@@ -44,6 +44,42 @@ Net = Callable[..., nn.Module] | nn.Module
 
 def _build(net: Net, **data_facts: int) -> nn.Module:
     return net if isinstance(net, nn.Module) else net(**data_facts)
+
+
+def _check_arguments(lookback, horizon, n_channels, condition_net, denoiser, parameterization, mixup, select_by,
+                     ci_channels_per_step, norm_eps, net_sizes) -> None:
+    """One-line errors naming the bad argument and the fix."""
+    missing = [k for k, v in (("lookback", lookback), ("horizon", horizon), ("n_channels", n_channels)) if v is None]
+    if missing:
+        raise ValueError(f"TimeDiff needs the data facts {missing}: pass them (model.lookback=96 ...) or let the train "
+                         f"task supply them with instantiate(cfg.model, **datamodule.model_kwargs())")
+    if condition_net is None or denoiser is None:
+        raise ValueError("TimeDiff needs its networks: condition_net= and denoiser= (modules or factories, e.g. "
+                         "tsdiff.nets.timediff.condition_network / denoising_network; conf/model/timediff.yaml)")
+    if parameterization not in ("x0", "eps"):
+        raise ValueError(f"TimeDiff predicts 'x0' (the paper) or 'eps' (Table 6 ablation), got {parameterization!r}")
+    checks = [(mixup in MIXUP_KINDS, f"mixup={mixup!r} is unknown; choose one of {', '.join(MIXUP_KINDS)}"),
+              (select_by in SELECT_BY, f"select_by={select_by!r} is unknown; choose one of {', '.join(SELECT_BY)}"),
+              (ci_channels_per_step is None or (isinstance(ci_channels_per_step, int) and ci_channels_per_step >= 1),
+               f"ci_channels_per_step must be a positive integer or null (all channels), got {ci_channels_per_step!r}"),
+              (norm_eps > 0, f"norm_eps must be > 0 (it bounds the division by a flat window's std), got {norm_eps}"),
+              (set(net_sizes) <= set(NET_SIZE_KEYS), f"unknown TimeDiff arguments {sorted(set(net_sizes) - set(NET_SIZE_KEYS))}")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def _unpack(batch: Any, lookback_shape: tuple[int, int], future_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, dict) or "lookback" not in batch or "future" not in batch:
+        raise TypeError("TimeDiff batches are dicts {'lookback': (B, L, C), 'future': (B, H, C)}; use "
+                        "tsdiff.data.forecasting.ForecastingDataModule (datamodule=forecast_*)")
+    lookback, future = batch["lookback"], batch["future"]
+    if tuple(lookback.shape[1:]) != lookback_shape or tuple(future.shape[1:]) != future_shape:
+        raise ValueError(
+            f"batch shapes lookback {tuple(lookback.shape)} / future {tuple(future.shape)} do not match the model "
+            f"(B, {lookback_shape[0]}, {lookback_shape[1]}) / (B, {future_shape[0]}, {future_shape[1]}); the datamodule's "
+            f"lookback/horizon/channels must be the ones the model was built with")
+    return lookback, future
 
 
 class TimeDiff(pl.LightningModule):
@@ -70,24 +106,9 @@ class TimeDiff(pl.LightningModule):
                  select_by: str = "val_loss", early_stopping_patience: int | None = 10, val_forecast_windows: int = 64,
                  val_forecast_samples: int = 2, val_forecast_steps: int = 10, **net_sizes: int):
         super().__init__()
-        missing = [k for k, v in (("lookback", lookback), ("horizon", horizon), ("n_channels", n_channels)) if v is None]
-        if missing:
-            raise ValueError(f"TimeDiff needs the data facts {missing}: pass them (model.lookback=96 ...) or let the train "
-                             f"task supply them with instantiate(cfg.model, **datamodule.model_kwargs())")
-        if condition_net is None or denoiser is None:
-            raise ValueError("TimeDiff needs its networks: condition_net= and denoiser= (modules or factories, e.g. "
-                             "tsdiff.nets.timediff.condition_network / denoising_network; conf/model/timediff.yaml)")
-        if parameterization not in ("x0", "eps"):
-            raise ValueError(f"TimeDiff predicts 'x0' (the paper) or 'eps' (Table 6 ablation), got {parameterization!r}")
-        checks = [(mixup in MIXUP_KINDS, f"mixup={mixup!r} is unknown; choose one of {', '.join(MIXUP_KINDS)}"),
-                  (select_by in SELECT_BY, f"select_by={select_by!r} is unknown; choose one of {', '.join(SELECT_BY)}"),
-                  (ci_channels_per_step is None or (isinstance(ci_channels_per_step, int) and ci_channels_per_step >= 1),
-                   f"ci_channels_per_step must be a positive integer or null (all channels), got {ci_channels_per_step!r}"),
-                  (norm_eps > 0, f"norm_eps must be > 0 (it bounds the division by a flat window's std), got {norm_eps}"),
-                  (set(net_sizes) <= set(NET_SIZE_KEYS), f"unknown TimeDiff arguments {sorted(set(net_sizes) - set(NET_SIZE_KEYS))}")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        _check_arguments(lookback=lookback, horizon=horizon, n_channels=n_channels, condition_net=condition_net,
+                         denoiser=denoiser, parameterization=parameterization, mixup=mixup, select_by=select_by,
+                         ci_channels_per_step=ci_channels_per_step, norm_eps=norm_eps, net_sizes=net_sizes)
         EMA.check_decay(ema_decay)
         self.save_hyperparameters(ignore=["condition_net", "denoiser", "ar_model", "schedule"])
         self.lookback, self.horizon, self.n_channels = int(lookback), int(horizon), int(n_channels)
@@ -164,12 +185,13 @@ class TimeDiff(pl.LightningModule):
 
     def diffusion_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """Algorithm 1: diffuse the normalized future to a random step and regress ``x0`` (or ``eps``)."""
-        lookback, future = self._unpack(batch)
+        lookback, future = _unpack(batch, (self.lookback, self.n_channels), (self.horizon, self.n_channels))
         lookback_n, mean, std = self.normalize(lookback)
         future_n = (future - mean) / std
         b = future.shape[0]
         gen_device = generator.device if generator is not None else future.device
-        channels = self._training_channels(b, generator, future.device)
+        k = self.hparams.ci_channels_per_step if self.hparams.channel_independent else None
+        channels = draw_channels(b, self.n_channels, k, generator, future.device)  # CI training on a budget
         if channels is not None:
             future_n = gather_channels(future_n, channels)
         t = self.schedule.sample_training_times(b, device=future.device, generator=generator)
@@ -177,29 +199,6 @@ class TimeDiff(pl.LightningModule):
         x_t = self.schedule.q_sample(future_n, t, noise)
         pred = self.denoise(x_t, t, {"c": self.condition(lookback_n, future_n, generator, channels)})
         return nnf.mse_loss(pred, future_n if self.parameterization == "x0" else noise)
-
-    def _training_channels(self, batch_size: int, generator: torch.Generator | None,
-                           device: torch.device) -> torch.Tensor | None:
-        """Channel-independent training on a budget: ``ci_channels_per_step`` distinct variables drawn per
-        window (``(B, k)`` indices), or ``None`` for all of them (and always outside CI mode)."""
-        k = self.hparams.ci_channels_per_step
-        if not self.hparams.channel_independent or k is None or k >= self.n_channels:
-            return None
-        gen_device = generator.device if generator is not None else device
-        order = torch.rand((batch_size, self.n_channels), generator=generator, device=gen_device).argsort(dim=1)
-        return order[:, : int(k)].to(device)
-
-    def _unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(batch, dict) or "lookback" not in batch or "future" not in batch:
-            raise TypeError("TimeDiff batches are dicts {'lookback': (B, L, C), 'future': (B, H, C)}; use "
-                            "tsdiff.data.forecasting.ForecastingDataModule (datamodule=forecast_*)")
-        lookback, future = batch["lookback"], batch["future"]
-        if tuple(lookback.shape[1:]) != (self.lookback, self.n_channels) or tuple(future.shape[1:]) != (self.horizon, self.n_channels):
-            raise ValueError(
-                f"batch shapes lookback {tuple(lookback.shape)} / future {tuple(future.shape)} do not match the model "
-                f"(B, {self.lookback}, {self.n_channels}) / (B, {self.horizon}, {self.n_channels}); the datamodule's "
-                f"lookback/horizon/channels must be the ones the model was built with")
-        return lookback, future
 
     # ------------------------------------------------------------------ Lightning
     def _generator(self, name: str, offset: int, fresh: bool = False) -> torch.Generator:

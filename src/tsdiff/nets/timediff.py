@@ -45,6 +45,7 @@ __all__ = [
     "denoising_network",
     "mixup_mask",
     "gather_channels",
+    "draw_channels",
 ]
 
 
@@ -322,3 +323,14 @@ def mixup_mask(shape: tuple[int, ...], kind: str = "soft", tau: float = 0.5, seg
 def gather_channels(x: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
     """``x[b, :, channels[b]]`` for every window ``b``: ``(B, T, C)``, ``(B, k)`` -> ``(B, T, k)``."""
     return x.gather(2, channels[:, None, :].expand(-1, x.shape[1], -1))
+
+
+def draw_channels(batch_size: int, n_channels: int, k: int | None, generator: torch.Generator | None = None,
+                  device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """``k`` distinct variables per window, ``(B, k)`` indices (channel-independent training on a budget),
+    or ``None`` for all of them (``k`` null or not below ``n_channels``)."""
+    if k is None or k >= n_channels:
+        return None
+    gen_device = generator.device if generator is not None else device
+    order = torch.rand((batch_size, n_channels), generator=generator, device=gen_device).argsort(dim=1)
+    return order[:, : int(k)].to(device)
