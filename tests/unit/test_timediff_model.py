@@ -293,6 +293,9 @@ def test_best_weights_callback_keeps_and_loads_the_ema_weights():
     checkpoint = {"state_dict": model.state_dict()}
     ema.on_save_checkpoint(_FakeTrainer(), model, checkpoint)  # after training: the module's weights as they are
     assert torch.equal(checkpoint["state_dict"][LAST], w) and "current_model_state" not in checkpoint
+    resumed = RestoreBestWeights(model.selection_metric)
+    resumed.load_state_dict(cb.state_dict())  # a resumed run remembers the best so far
+    assert resumed.best == pytest.approx(0.3) and torch.equal(resumed.state[LAST], cb.state[LAST])
     lookback = sine_batches(1, batch=2)[0]["lookback"]
     assert torch.isfinite(sample_forecasts(model, lookback, num_samples=2, steps=3, seed=0)).all()
     names = [type(c).__name__ for c in model.configure_callbacks()]

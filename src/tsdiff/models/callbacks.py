@@ -97,8 +97,13 @@ class RestoreBestWeights(pl.Callback):
         self.best = float("inf")
         self.state: dict[str, torch.Tensor] | None = None
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.best, self.state = float("inf"), None
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointed, so a resumed run still ends with the best weights of the whole run."""
+        return {"monitor": self.monitor, "best": self.best, "state": self.state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("monitor") == self.monitor:
+            self.best, self.state = float(state_dict["best"]), state_dict["state"]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:

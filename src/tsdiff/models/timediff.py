@@ -97,7 +97,8 @@ class TimeDiff(pl.LightningModule):
     """
 
     def __init__(self, lookback: int | None = None, horizon: int | None = None, n_channels: int | None = None, *,
-                 condition_net: Net | None = None, denoiser: Net | None = None, ar_model: Net | None = None, schedule: NoiseSchedule | None = None,
+                 condition_net: Net | None = None, denoiser: Net | None = None, ar_model: Net | None = None,
+                 schedule: NoiseSchedule | None = None,
                  parameterization: str = "x0", future_mixup: bool = True, mixup: str = "soft", mixup_tau: float = 0.5,
                  mixup_segment_mean: float = 3.0, use_ar: bool = True, ar_skip: bool = False, zero_init: bool = False,
                  channel_independent: bool = False, ci_channels_per_step: int | None = None, freeze_ar: bool = False,

@@ -31,11 +31,12 @@ def _model_kwargs(dm) -> dict[str, Any]:
     return {"n_channels": int(dm.n_channels), "max_len": int(dm.seq_len)}
 
 
-def fit(cfg: DictConfig, model, dm, *, root_dir: Path, logger=False, callbacks: list | None = None):
+def fit(cfg: DictConfig, model, dm, *, root_dir: Path, logger=False, callbacks: list | None = None,
+        ckpt_path: Path | None = None):
     """The one training path (``cmd/train.py`` and the in-process training of ``cmd/forecast.py``): hand
     the datamodule to the model (``on_datamodule_ready``, if the model defines it), build the Trainer
-    from ``cfg.trainer`` and fit. The model adds its own recipe through ``configure_callbacks()``.
-    Returns ``(trainer, fit_seconds)``."""
+    from ``cfg.trainer`` and fit (from ``ckpt_path`` when resuming). The model adds its own recipe
+    through ``configure_callbacks()``. Returns ``(trainer, fit_seconds)``."""
     from hydra.utils import instantiate
 
     if hasattr(model, "on_datamodule_ready"):
@@ -43,7 +44,8 @@ def fit(cfg: DictConfig, model, dm, *, root_dir: Path, logger=False, callbacks: 
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(callbacks or []), enable_checkpointing=False,
                           default_root_dir=str(root_dir))
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm, weights_only=True)  # safe loading if Lightning restores anything
+    # weights_only: safe loading of anything Lightning restores
+    trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
     return trainer, time.perf_counter() - start
 
 
