@@ -173,6 +173,8 @@ def test_bad_inputs_are_clear_errors():
         TimeDiff(L, H, C, denoiser=partial(denoising_network, hidden=8))
     with pytest.raises(ValueError, match="unknown TimeDiff arguments"):
         tiny(hiden=8)
+    with pytest.raises(ValueError, match="before the networks were injected"):
+        tiny(num_timesteps=10, default_solver="ddpm")  # an old run's flat config
 
 
 def test_seasonal_naive_repeats_the_last_season():

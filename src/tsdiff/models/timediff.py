@@ -39,6 +39,9 @@ __all__ = ["TimeDiff", "mixup_mask"]
 SELECT_BY = ("val_forecast", "val_loss")
 #: sizes conf/model/timediff.yaml's network nodes read (``model.hidden=128`` ...); recorded, not used here
 NET_SIZE_KEYS = ("hidden", "cond_hidden", "step_sinusoid_dim", "step_hidden_dim")
+#: flat keys of configs written before the networks were injected (now inside the network/schedule nodes)
+LEGACY_KEYS = ("n_cond_blocks", "n_proj_blocks", "n_encoder_blocks", "n_decoder_blocks", "dropout", "decoder_residual",
+               "num_timesteps", "beta_start", "beta_end", "default_solver", "default_steps")
 Net = Callable[..., nn.Module] | nn.Module
 
 
@@ -53,6 +56,11 @@ def _check_arguments(lookback, horizon, n_channels, condition_net, denoiser, par
     if missing:
         raise ValueError(f"TimeDiff needs the data facts {missing}: pass them (model.lookback=96 ...) or let the train "
                          f"task supply them with instantiate(cfg.model, **datamodule.model_kwargs())")
+    legacy = sorted(set(net_sizes) & set(LEGACY_KEYS))
+    if legacy:
+        raise ValueError(f"TimeDiff arguments {legacy} belong to a config written before the networks were injected: "
+                         "copy the condition_net/denoiser/ar_model/schedule nodes of conf/model/timediff.yaml into the "
+                         "run's config.yaml (its checkpoint loads unchanged), or retrain")
     if condition_net is None or denoiser is None:
         raise ValueError("TimeDiff needs its networks: condition_net= and denoiser= (modules or factories, e.g. "
                          "tsdiff.nets.timediff.condition_network / denoising_network; conf/model/timediff.yaml)")
