@@ -8,16 +8,27 @@ import numpy as np
 import pytest
 import torch
 
+from functools import partial
+
+from tsdiff.diffusion.schedules import CosineSchedule
 from tsdiff.models.baselines import ARForecaster, DLinearForecaster, SeasonalNaive, fit_point_model
+from tsdiff.models.callbacks import EMA, ARPretraining, RestoreBestWeights, ValForecastMSE, pretrain_ar
 from tsdiff.models.timediff import TimeDiff, mixup_mask
+from tsdiff.nets.baselines import ARLinear
+from tsdiff.nets.timediff import condition_network, denoising_network, draw_channels
+from tsdiff.sampling.forecast import sample_forecasts
 
 L, H, C = 12, 4, 2
 LAST = "denoiser.decoder.2.weight"  # the decoder's final convolution (2 blocks, then the conv)
-TINY = dict(hidden=8, cond_hidden=8, step_sinusoid_dim=8, step_hidden_dim=8, num_timesteps=10)
 
 
-def tiny(**kw) -> TimeDiff:
-    return TimeDiff(L, H, C, **{**TINY, **kw})
+def tiny(n_channels: int = C, dropout: float = 0.1, channel_independent: bool = False, **kw) -> TimeDiff:
+    """A tiny TimeDiff with the networks the config builds (width 8, K = 10)."""
+    nets = dict(hidden=8, dropout=dropout, channel_independent=channel_independent)
+    return TimeDiff(L, H, n_channels, condition_net=partial(condition_network, n_blocks=2, **nets),
+                    denoiser=partial(denoising_network, step_sinusoid_dim=8, step_hidden_dim=8, **nets),
+                    ar_model=ARLinear, schedule=CosineSchedule(10, beta_start=1e-4, beta_end=0.1),
+                    channel_independent=channel_independent, **kw)
 
 
 def sine_batches(n_batches: int = 4, batch: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -90,18 +101,23 @@ def test_binary_mixup_masks_keep_a_share_tau_of_f(kind):
 
 
 def test_ar_pretraining_reduces_its_loss_and_runs_once():
-    model = tiny(ar_lr=1e-2)
-    history = model.pretrain_ar(sine_batches(4), epochs=10)
+    model = tiny()
+    history = pretrain_ar(model, sine_batches(4), epochs=10, lr=1e-2)
     assert history["train_loss"][-1] < 0.7 * history["train_loss"][0]
     assert bool(model.ar_pretrained)
     before = model.ar_model.weight.detach().clone()
-    model.on_datamodule_ready(_TinyDM())  # already pretrained: no second run
+    ARPretraining(epochs=5).on_fit_start(_FakeTrainer(datamodule=_TinyDM()), model)  # already pretrained: no second run
     assert torch.equal(before, model.ar_model.weight)
+    fresh = tiny()
+    callback = ARPretraining(epochs=2, lr=1e-2)
+    callback.on_fit_start(_FakeTrainer(datamodule=_TinyDM()), fresh)  # at fit start, on the datamodule's train loader
+    assert bool(fresh.ar_pretrained) and callback.seconds > 0
+    assert not torch.equal(fresh.ar_model.weight, tiny().ar_model.weight)
 
 
 def test_frozen_ar_stays_frozen_after_pretraining():
     model = tiny(freeze_ar=True)
-    model.pretrain_ar(sine_batches(1), epochs=1)
+    pretrain_ar(model, sine_batches(1), epochs=1)
     assert not any(p.requires_grad for p in model.ar_model.parameters())
     assert all(p.requires_grad for p in model.denoiser.parameters())
 
@@ -123,19 +139,19 @@ def test_denoiser_contract_and_forecast_shapes():
         model.denoise(torch.randn(1, H, C), torch.tensor([0]), None)
     lookback = sine_batches(1, batch=3)[0]["lookback"]
     for solver, steps in (("dpm_solver++", 5), ("ddpm", None)):
-        samples, stats = model.forecast(lookback, num_samples=4, solver=solver, steps=steps, seed=1, return_stats=True)
+        samples, stats = sample_forecasts(model, lookback, num_samples=4, solver=solver, steps=steps, seed=1, return_stats=True)
         assert samples.shape == (4, 3, H, C) and torch.isfinite(samples).all()
         assert stats.network_evaluations == (5 if steps else 10)
-    again = model.forecast(lookback, num_samples=4, solver="ddpm", seed=1)
-    assert torch.equal(again, model.forecast(lookback, num_samples=4, solver="ddpm", seed=1))
+    again = sample_forecasts(model, lookback, num_samples=4, solver="ddpm", seed=1)
+    assert torch.equal(again, sample_forecasts(model, lookback, num_samples=4, solver="ddpm", seed=1))
     assert model.training  # forecast restores the mode it found
 
 
 def test_forecast_denormalizes_with_the_lookback_statistics():
     model = tiny()
     lookback = sine_batches(1, batch=2)[0]["lookback"]
-    shifted = model.forecast(lookback + 100.0, num_samples=2, solver="dpm_solver++", steps=3, seed=0)
-    base = model.forecast(lookback, num_samples=2, solver="dpm_solver++", steps=3, seed=0)
+    shifted = sample_forecasts(model, lookback + 100.0, num_samples=2, solver="dpm_solver++", steps=3, seed=0)
+    base = sample_forecasts(model, lookback, num_samples=2, solver="dpm_solver++", steps=3, seed=0)
     assert torch.allclose(shifted, base + 100.0, atol=1e-3)  # instance norm: a level shift passes through
 
 
@@ -152,7 +168,13 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(TypeError, match="lookback"):
         model.diffusion_loss({"x": torch.randn(2, L, C)})
     with pytest.raises(ValueError, match=r"\(N, 12, 2\)"):
-        model.forecast(torch.randn(2, L, C + 1))
+        sample_forecasts(model, torch.randn(2, L, C + 1))
+    with pytest.raises(ValueError, match="networks"):
+        TimeDiff(L, H, C, denoiser=partial(denoising_network, hidden=8))
+    with pytest.raises(ValueError, match="unknown TimeDiff arguments"):
+        tiny(hiden=8)
+    with pytest.raises(ValueError, match="before the networks were injected"):
+        tiny(num_timesteps=10, default_solver="ddpm")  # an old run's flat config
 
 
 def test_seasonal_naive_repeats_the_last_season():
@@ -191,7 +213,7 @@ def test_ar_skip_with_zero_init_starts_at_the_ar_forecast():
     c = model.condition(normed)
     z_ar = model.ar_model(normed)
     assert torch.equal(c[..., :C], z_ar) and torch.equal(c[..., C:], z_ar)
-    samples = model.forecast(lookback, num_samples=2, solver="dpm_solver++", steps=4, seed=0)
+    samples = sample_forecasts(model, lookback, num_samples=2, solver="dpm_solver++", steps=4, seed=0)
     assert torch.allclose(samples, (z_ar * std + mean).expand_as(samples), atol=1e-4)
     plain = tiny(zero_init=True).eval()  # paper layout: z_mix = F_net alone (zero here), z_ar apart
     c_plain = plain.condition(plain.normalize(lookback)[0])
@@ -210,57 +232,78 @@ def test_ar_skip_future_mixup_mixes_the_refined_forecast():
     assert torch.allclose(c[..., :C], m * model.ar_model(normed) + (1 - m) * future_n, atol=1e-6)
 
 
+class _FakeTrainer:
+    sanity_checking = False
+    current_epoch = 0
+
+    def __init__(self, datamodule=None, global_step=0, **metrics):
+        self.datamodule, self.global_step = datamodule, global_step
+        self.callback_metrics = {k: torch.tensor(v) for k, v in metrics.items()}
+
+
+def _ema_step(ema: EMA, model: TimeDiff, step: int) -> None:
+    ema.on_train_batch_end(_FakeTrainer(global_step=step), model, None, None, step - 1)
+
+
 def test_ema_tracks_swaps_and_restores_the_weights():
-    model = tiny(ema_decay=0.5)
-    model.update_ema()  # starts at the current weights
+    """The shared EMA callback (Lightning WeightAveraging): starts at the weights of the first step, then
+    ema <- d ema + (1 - d) w; validation sees the averaged weights, training the live ones."""
+    model = tiny()
+    ema = EMA(0.5)
+    ema.setup(_FakeTrainer(), model, "fit")
     w = model.denoiser.decoder[-1].weight
     start = w.detach().clone()
+    _ema_step(ema, model, 1)  # starts at the current weights
     with torch.no_grad():
         w.add_(2.0)
-    model.update_ema()
+    _ema_step(ema, model, 2)
     expected = start + 1.0  # 0.5 * start + 0.5 * (start + 2)
-    assert torch.allclose(model.averaged_state_dict()[LAST], expected)
-    with model.ema_weights():
-        assert torch.allclose(w, expected)
+    assert torch.allclose(ema.averaged_state_dict(model)[LAST], expected)
+    ema.on_validation_epoch_start(_FakeTrainer(), model)
+    assert torch.allclose(w, expected)
+    ema.on_validation_epoch_end(_FakeTrainer(), model)
     assert torch.allclose(w, start + 2.0)  # live weights back
-    plain = tiny()
-    assert torch.equal(plain.averaged_state_dict()[LAST], plain.state_dict()[LAST])  # no EMA: plain weights
+    assert torch.equal(model.state_dict()["ar_pretrained"], ema.averaged_state_dict(model)["ar_pretrained"])  # buffers follow
+    warm = EMA(0.999, warmup=True)
+    assert warm.decay_at(1) == pytest.approx(3 / 12) and warm.decay_at(10**6) == pytest.approx(0.999)
     with pytest.raises(ValueError, match="ema_decay"):
         tiny(ema_decay=1.0)
 
 
-class _FakeTrainer:
-    sanity_checking = False
-
-    def __init__(self, **metrics):
-        self.callback_metrics = {k: torch.tensor(v) for k, v in metrics.items()}
-
-
 def test_best_weights_callback_keeps_and_loads_the_ema_weights():
     """The weights scored by validation and used for sampling afterwards are the averaged ones."""
-    from tsdiff.models.timediff import _RestoreBestWeights
-
     model = tiny(ema_decay=0.5, select_by="val_forecast")
     assert model.selection_metric == "val/forecast_mse"
+    ema = EMA(0.5)
+    ema.setup(_FakeTrainer(), model, "fit")
     w = model.denoiser.decoder[-1].weight
-    model.update_ema()
+    _ema_step(ema, model, 1)
     with torch.no_grad():
         w.add_(2.0)
-    model.update_ema()
-    averaged = model.averaged_state_dict()[LAST].clone()
-    cb = _RestoreBestWeights(model.selection_metric)
+    _ema_step(ema, model, 2)
+    averaged = ema.averaged_state_dict(model)[LAST].clone()
+    cb = RestoreBestWeights(model.selection_metric, ema=ema)
     cb.on_validation_end(_FakeTrainer(**{"val/forecast_mse": 0.3}), model)
     with torch.no_grad():
         w.add_(5.0)  # later, worse epoch
-    model.update_ema()
+    _ema_step(ema, model, 3)
     cb.on_validation_end(_FakeTrainer(**{"val/forecast_mse": 0.4}), model)
-    cb.on_train_end(_FakeTrainer(), model)
-    assert torch.allclose(w, averaged) and model._ema is None
+    ema.on_train_end(_FakeTrainer(), model)  # the final averaged weights ...
+    assert not torch.allclose(w, averaged)
+    cb.on_train_end(_FakeTrainer(), model)  # ... replaced by the best-scored averaged ones
+    assert torch.allclose(w, averaged)
+    checkpoint = {"state_dict": model.state_dict()}
+    ema.on_save_checkpoint(_FakeTrainer(), model, checkpoint)  # after training: the module's weights as they are
+    assert torch.equal(checkpoint["state_dict"][LAST], w) and "current_model_state" not in checkpoint
+    resumed = RestoreBestWeights(model.selection_metric)
+    resumed.load_state_dict(cb.state_dict())  # a resumed run remembers the best so far
+    assert resumed.best == pytest.approx(0.3) and torch.equal(resumed.state[LAST], cb.state[LAST])
     lookback = sine_batches(1, batch=2)[0]["lookback"]
-    with_restored = model.forecast(lookback, num_samples=2, steps=3, seed=0)
-    assert torch.isfinite(with_restored).all()
-    callbacks = tiny(early_stopping_patience=None).configure_callbacks()
-    assert [type(c).__name__ for c in callbacks] == ["_RestoreBestWeights"]
+    assert torch.isfinite(sample_forecasts(model, lookback, num_samples=2, steps=3, seed=0)).all()
+    names = [type(c).__name__ for c in model.configure_callbacks()]
+    assert names == ["ARPretraining", "ValForecastMSE", "EarlyStopping", "EMA", "RestoreBestWeights"]  # hook order matters
+    callbacks = tiny(early_stopping_patience=None, use_ar=False).configure_callbacks()
+    assert [type(c).__name__ for c in callbacks] == ["RestoreBestWeights"]
     with pytest.raises(ValueError, match="select_by"):
         tiny(select_by="train_loss")
 
@@ -268,7 +311,7 @@ def test_best_weights_callback_keeps_and_loads_the_ema_weights():
 def test_validation_forecast_mse_is_the_sample_mean_error():
     model = tiny(ar_skip=True, zero_init=True)
     batch = sine_batches(1, batch=3)[0]
-    got = model.validation_forecast_mse(batch["lookback"], batch["future"])
+    got = ValForecastMSE(samples=2, steps=10).forecast_mse(model, batch["lookback"], batch["future"])
     normed, mean, std = model.normalize(batch["lookback"])
     ar = model.ar_model(normed).detach() * std + mean  # the untrained model forecasts z_ar
     assert got == pytest.approx(float(((ar - batch["future"]) ** 2).mean()), rel=1e-3)
@@ -277,11 +320,11 @@ def test_validation_forecast_mse_is_the_sample_mean_error():
 
 def test_channel_independent_model_trains_on_channel_subsets_and_forecasts_every_variable():
     torch.manual_seed(0)
-    model = TimeDiff(L, H, 3, channel_independent=True, ci_channels_per_step=2, ar_skip=True, zero_init=True, **TINY)
-    n_mv = sum(p.numel() for p in TimeDiff(L, H, 3, ar_skip=True, **TINY).parameters())
+    model = tiny(3, channel_independent=True, ci_channels_per_step=2, ar_skip=True, zero_init=True)
+    n_mv = sum(p.numel() for p in tiny(3, ar_skip=True).parameters())
     assert sum(p.numel() for p in model.parameters()) < n_mv  # univariate F and denoiser
     g = torch.Generator().manual_seed(0)
-    channels = model._training_channels(5, g, torch.device("cpu"))
+    channels = draw_channels(5, 3, model.hparams.ci_channels_per_step, g)
     assert channels.shape == (5, 2) and all(len(set(row.tolist())) == 2 for row in channels)
     batch = {"lookback": torch.randn(5, L, 3), "future": torch.randn(5, H, 3)}
     loss = model.diffusion_loss(batch, torch.Generator().manual_seed(1))
@@ -294,7 +337,7 @@ def test_channel_independent_model_trains_on_channel_subsets_and_forecasts_every
     with torch.no_grad():
         c = model.condition(xn)
     assert c.shape == (4, H, 6) and torch.allclose(c[..., :3], c[..., 3:])
-    out = model.forecast(x, num_samples=2, steps=3, seed=0)
+    out = sample_forecasts(model, x, num_samples=2, steps=3, seed=0)
     assert out.shape == (2, 4, H, 3) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="ci_channels_per_step"):
-        TimeDiff(L, H, 3, channel_independent=True, ci_channels_per_step=0, **TINY)
+        tiny(3, channel_independent=True, ci_channels_per_step=0)

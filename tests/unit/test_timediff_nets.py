@@ -6,17 +6,16 @@ import pytest
 import torch
 from torch import nn
 
+from tsdiff.nets.baselines import ARLinear, DLinear, instance_denormalize, instance_normalize
+from tsdiff.nets.embeddings import StepEmbedding
 from tsdiff.nets.timediff import (
-    ARLinear,
     ConditionNet,
     ConvBlock,
-    DLinear,
     PerChannel,
     PerChannelDenoiser,
-    StepEmbedding,
     TimeDiffDenoiser,
-    instance_denormalize,
-    instance_normalize,
+    condition_network,
+    denoising_network,
 )
 
 # (lookback, horizon): the paper's horizons (Table 1: 14, 168, 192, 672, 720; Table 8: 96, 336) and
@@ -178,3 +177,19 @@ def test_conv_block_inference_path_folds_batchnorm_exactly():
     with torch.no_grad():
         batch_stats = block(x)  # training mode normalizes with the batch's statistics, never the folded ones
     assert not torch.allclose(batch_stats, folded, atol=1e-3)
+
+
+def test_network_builders_give_multivariate_or_channel_independent_nets():
+    """condition_network / denoising_network (the config's _partial_ targets): d-variate nets, or one
+    univariate net shared by every variable that sees its own G condition channels."""
+    f = condition_network(C, 16, 4, hidden=HID)
+    den = denoising_network(C, 4, 2 * C, hidden=HID, step_sinusoid_dim=8, step_hidden_dim=8)
+    assert isinstance(f, ConditionNet) and f.n_channels == C
+    assert isinstance(den, TimeDiffDenoiser) and (den.n_channels, den.cond_channels) == (C, 2 * C)
+    f_ci = condition_network(C, 16, 4, hidden=HID, channel_independent=True)
+    den_ci = denoising_network(C, 4, 2 * C, hidden=HID, step_sinusoid_dim=8, step_hidden_dim=8, channel_independent=True)
+    assert isinstance(f_ci, PerChannel) and f_ci.net.n_channels == 1
+    assert isinstance(den_ci, PerChannelDenoiser) and (den_ci.net.n_channels, den_ci.net.cond_channels) == (1, 2)
+    assert den_ci(torch.randn(B, 4, C), torch.tensor([1.0, 2.0]), torch.randn(B, 4, 2 * C)).shape == (B, 4, C)
+    with pytest.raises(ValueError, match="multiple of n_channels"):
+        denoising_network(C, 4, C + 1, hidden=HID)

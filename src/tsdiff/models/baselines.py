@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tsdiff.nets.timediff import ARLinear, DLinear, instance_denormalize, instance_normalize
+from tsdiff.nets.baselines import ARLinear, DLinear, instance_denormalize, instance_normalize
 
 __all__ = [
     "Forecaster",

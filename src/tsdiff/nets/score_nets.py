@@ -14,29 +14,11 @@ recompute only selected tokens against all keys. Plain ``nn.Module``s: no Lightn
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class GaussianFourierTimeEncoding(nn.Module):
-    """``t -> MLP([sin(2 pi W t), cos(2 pi W t)])`` with fixed random ``W ~ N(0, scale^2)``.
-
-    ``W`` is drawn from a fixed seed so that a network built twice from the same config has the same
-    buffers even before loading a checkpoint (and ``W`` is saved in the state dict anyway).
-    """
-
-    def __init__(self, d_model: int, num_features: int = 32, scale: float = 16.0, seed: int = 0):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.register_buffer("W", torch.randn(num_features, generator=gen) * scale)
-        self.mlp = nn.Sequential(nn.Linear(2 * num_features, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        proj = 2 * math.pi * t.float()[:, None] * self.W[None, :]
-        return self.mlp(torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1))
+from tsdiff.nets.embeddings import GaussianFourierTimeEncoding  # moved there; re-exported for old imports
 
 
 class ScoreTransformerLayer(nn.Module):

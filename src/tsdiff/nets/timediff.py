@@ -1,7 +1,8 @@
-"""Networks of TimeDiff (Shen & Kwok, ICML 2023) and of the linear forecasting baselines.
+"""Networks of TimeDiff (Shen & Kwok, ICML 2023).
 
 Plain ``nn.Module`` s: no Lightning, no diffusion schedule, no normalization state. The system
-(:class:`tsdiff.models.timediff.TimeDiff`) owns them and decides how they are combined.
+(:class:`tsdiff.models.timediff.TimeDiff`) gets them injected (``conf/model/timediff.yaml`` builds them
+with :func:`condition_network` / :func:`denoising_network`) and decides how they are combined.
 
 Layout. Series enter and leave every module here as ``(batch, length, channels)`` (tsdiff's layout);
 the convolutional modules transpose internally to PyTorch's ``(batch, channels, length)``. In the
@@ -11,51 +12,41 @@ Modules
 -------
 * :class:`ConvBlock` - one block of Table 11: Conv1d(k=3, stride 1, padding 1) -> BatchNorm1d ->
   LeakyReLU(0.1) -> Dropout(0.1).
-* :class:`StepEmbedding` - diffusion-step embedding ``p^k`` of eq. (17).
 * :class:`ConditionNet` - the conditioning network ``F``: ``d x L -> d x H`` (Table 10, Sec. 3.2.1).
-* :class:`ARLinear` - the linear AR model ``M_ar`` of eq. (16); also the "AR alone" baseline.
 * :class:`TimeDiffDenoiser` - the denoising network of Sec. 3.3: input projection ``z_1^k``, step
-  embedding, convolutional encoder ``z_2^k``, decoder fusing the condition ``c`` of eq. (13).
+  embedding (:class:`~tsdiff.nets.embeddings.StepEmbedding`, eq. 17), convolutional encoder ``z_2^k``,
+  decoder fusing the condition ``c`` of eq. (13).
 * :class:`PerChannel` / :class:`PerChannelDenoiser` - run a univariate (``d = 1``) conditioning network
   or denoiser on every variable of a multivariate series separately, with shared weights: the
   channel-independence setup of TimeDiff's Appendix C (Table 12) and PatchTST.
-* :class:`DLinear` - DLinear (Zeng et al., AAAI 2023): moving-average decomposition + two linear maps.
+* :func:`mixup_mask` - the mixing matrix of future mixup (eq. 14).
+* :func:`condition_network` / :func:`denoising_network` - build ``F`` / the denoiser for ``d`` variables,
+  multivariate or channel-independent.
+
+The linear AR model ``M_ar`` (eq. 16) and instance normalization live in :mod:`tsdiff.nets.baselines`.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from tsdiff.nets.baselines import check_positive as _check_positive
+from tsdiff.nets.baselines import check_series as _check_series
+from tsdiff.nets.embeddings import StepEmbedding
+
 __all__ = [
     "ConvBlock",
-    "StepEmbedding",
     "ConditionNet",
-    "ARLinear",
     "TimeDiffDenoiser",
     "PerChannel",
     "PerChannelDenoiser",
-    "DLinear",
-    "instance_normalize",
-    "instance_denormalize",
+    "condition_network",
+    "denoising_network",
+    "mixup_mask",
+    "gather_channels",
+    "draw_channels",
 ]
-
-
-def _check_positive(**kwargs: int) -> None:
-    for name, value in kwargs.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_series(x: torch.Tensor, length: int, channels: int, what: str) -> None:
-    if x.ndim != 3 or x.shape[1] != length or x.shape[2] != channels:
-        raise ValueError(
-            f"{what} must have shape (batch, {length}, {channels}) = (batch, length, channels); got "
-            f"{tuple(x.shape)}. tsdiff series are (batch, length, channels): transpose (batch, channels, "
-            f"length) input with x.transpose(1, 2)."
-        )
 
 
 class ConvBlock(nn.Sequential):
@@ -92,34 +83,6 @@ class ConvBlock(nn.Sequential):
         return nn.functional.leaky_relu(y, act.negative_slope, inplace=True)
 
 
-class StepEmbedding(nn.Module):
-    """Diffusion-step embedding ``p^k`` (eq. 17).
-
-    ``k_embedding = [sin(10^{4 j/(w-1)} k), cos(10^{4 j/(w-1)} k)]_{j=0..w-1}`` (the transformer's
-    sinusoidal table as in DiffWave/CSDI, with ``w = sinusoid_dim / 2``), then two FC layers with
-    SiLU: ``p^k = SiLU(FC(SiLU(FC(k_embedding))))``. The paper gives the FC width as 128 and needs
-    ``p^k`` in ``R^{d'}`` (it is concatenated with ``z_1^k`` into ``2d' x H``), so the first FC maps to
-    ``hidden_dim`` (128) and the second to ``out_dim`` (= ``d'``).
-
-    ``k`` is the schedule's integer step index (float tensor ``(batch,)``).
-    """
-
-    def __init__(self, out_dim: int, sinusoid_dim: int = 128, hidden_dim: int = 128):
-        super().__init__()
-        _check_positive(out_dim=out_dim, sinusoid_dim=sinusoid_dim, hidden_dim=hidden_dim)
-        if sinusoid_dim % 2 or sinusoid_dim < 4:
-            raise ValueError(f"sinusoid_dim must be even and >= 4, got {sinusoid_dim}")
-        w = sinusoid_dim // 2
-        freqs = 10.0 ** (4.0 * torch.arange(w, dtype=torch.float64) / (w - 1))
-        self.register_buffer("freqs", freqs.float(), persistent=False)
-        self.mlp = nn.Sequential(nn.Linear(sinusoid_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, out_dim), nn.SiLU())
-
-    def forward(self, k: torch.Tensor) -> torch.Tensor:
-        """``k``: ``(batch,)`` step indices -> ``(batch, out_dim)``."""
-        angles = k.float().reshape(-1, 1) * self.freqs.reshape(1, -1)
-        return self.mlp(torch.cat([torch.sin(angles), torch.cos(angles)], dim=1))
-
-
 class ConditionNet(nn.Module):
     """Conditioning network ``F``: lookback ``(batch, L, d)`` -> ``(batch, H, d)`` (Table 10).
 
@@ -152,29 +115,6 @@ class ConditionNet(nn.Module):
         x = lookback.transpose(1, 2)  # (B, d, L)
         x = x + self.conv(x)
         return self.time_proj(x).transpose(1, 2)  # (B, H, d)
-
-
-class ARLinear(nn.Module):
-    """Linear AR model ``z_ar = sum_{i=-L+1}^{0} W_i ⊙ X_i + B`` (eq. 16).
-
-    ``X_i`` holds ``H`` copies of the lookback column ``x_i`` (``d`` values), ``W_i, B in R^{d x H}``:
-    every channel ``c`` and horizon step ``h`` get their own weights,
-    ``z_ar[h, c] = sum_i W[i, c, h] x[i, c] + B[h, c]``. Channels do not mix (a Hadamard product), and
-    all ``H`` outputs come at once (no autoregressive decoding). ``weight`` is stored ``(L, d, H)``.
-    """
-
-    def __init__(self, n_channels: int, lookback: int, horizon: int):
-        super().__init__()
-        _check_positive(n_channels=n_channels, lookback=lookback, horizon=horizon)
-        self.n_channels, self.lookback, self.horizon = n_channels, lookback, horizon
-        # nn.Linear's default init (uniform in +-1/sqrt(fan_in)) with fan_in = L
-        bound = 1.0 / math.sqrt(lookback)
-        self.weight = nn.Parameter(torch.empty(lookback, n_channels, horizon).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.zeros(horizon, n_channels))
-
-    def forward(self, lookback: torch.Tensor) -> torch.Tensor:
-        _check_series(lookback, self.lookback, self.n_channels, "ARLinear input (lookback window)")
-        return torch.einsum("blc,lch->bhc", lookback, self.weight) + self.bias
 
 
 class TimeDiffDenoiser(nn.Module):
@@ -310,70 +250,87 @@ class PerChannelDenoiser(nn.Module):
         return _from_series(out, c)
 
 
-class _MovingAverage(nn.Module):
-    """Trend by a centred moving average with edge replication (keeps the length)."""
-
-    def __init__(self, kernel_size: int):
-        super().__init__()
-        if kernel_size < 1 or kernel_size % 2 != 1:
-            raise ValueError(f"moving-average kernel_size must be a positive odd integer, got {kernel_size}")
-        self.kernel_size = kernel_size
-        self.pool = nn.AvgPool1d(kernel_size, stride=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, L)
-        pad = (self.kernel_size - 1) // 2
-        x = torch.cat([x[..., :1].expand(-1, -1, pad), x, x[..., -1:].expand(-1, -1, pad)], dim=-1)
-        return self.pool(x)
+def condition_network(n_channels: int, lookback: int, horizon: int, *, hidden: int = 256, n_blocks: int = 2,
+                      dropout: float = 0.1, channel_independent: bool = False) -> nn.Module:
+    """``F`` for ``n_channels`` variables: a :class:`ConditionNet` over all of them, or (channel
+    independence) one univariate :class:`ConditionNet` shared by every variable."""
+    net_c = 1 if channel_independent else n_channels
+    net = ConditionNet(net_c, lookback, horizon, hidden=hidden, n_blocks=n_blocks, dropout=dropout)
+    return PerChannel(net) if channel_independent else net
 
 
-class DLinear(nn.Module):
-    """DLinear (Zeng et al., "Are transformers effective for time series forecasting?", AAAI 2023).
+def denoising_network(n_channels: int, horizon: int, cond_channels: int, *, hidden: int = 256, n_proj_blocks: int = 2,
+                      n_encoder_blocks: int = 2, n_decoder_blocks: int = 2, step_sinusoid_dim: int = 128,
+                      step_hidden_dim: int = 128, dropout: float = 0.1, residual: bool = True,
+                      channel_independent: bool = False) -> nn.Module:
+    """The denoiser for ``n_channels`` variables and a condition of ``cond_channels`` channels
+    (``G * n_channels``, ``G`` groups such as ``[z_mix, z_ar]``): a :class:`TimeDiffDenoiser` over all
+    variables, or (channel independence) a univariate one shared by every variable, which sees the ``G``
+    condition channels of its own variable."""
+    if cond_channels % n_channels:
+        raise ValueError(f"cond_channels={cond_channels} must be a multiple of n_channels={n_channels} (G groups of d)")
+    net_c = 1 if channel_independent else n_channels
+    net = TimeDiffDenoiser(net_c, horizon, cond_channels // n_channels * net_c, hidden=hidden,
+                           n_proj_blocks=n_proj_blocks, n_encoder_blocks=n_encoder_blocks,
+                           n_decoder_blocks=n_decoder_blocks, step_sinusoid_dim=step_sinusoid_dim,
+                           step_hidden_dim=step_hidden_dim, dropout=dropout, residual=residual)
+    return PerChannelDenoiser(net) if channel_independent else net
 
-    The lookback is split into a trend (moving average, kernel 25 by default) and a remainder
-    ("seasonal"); each part is mapped ``L -> H`` by a linear layer along time and the two forecasts are
-    summed. ``individual=True`` gives every channel its own pair of layers, otherwise they are shared.
+
+MIXUP_KINDS = ("soft", "hard", "segment")
+
+
+def mixup_mask(shape: tuple[int, ...], kind: str = "soft", tau: float = 0.5, segment_mean: float = 3.0,
+               generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Mixing matrix ``m^k`` of future mixup (eq. 14) for a ``(B, H, C)`` batch.
+
+    ``m = 1`` keeps ``F(x_lookback)``, ``m = 0`` reveals the ground-truth future.
+
+    * ``soft``: ``m ~ U[0, 1)`` elementwise (the paper's default).
+    * ``hard``: ``m = 1[u < tau]``, a binary mask revealing the truth at a share ``1 - tau`` of the
+      positions (Sec. 4.3.2; Table 5 finds small ``tau`` - much truth revealed - harmful, which fixes the
+      direction of the threshold).
+    * ``segment``: Zerveas et al. (2021) masks along time per variable: segments with ``m = 1`` have a
+      geometric length of mean ``segment_mean`` (3), followed by ``m = 0`` segments of mean
+      ``segment_mean (1 - tau) / tau``, so a share ``tau`` of the steps keeps ``F``.
     """
-
-    def __init__(self, n_channels: int, lookback: int, horizon: int, kernel_size: int = 25, individual: bool = False):
-        super().__init__()
-        _check_positive(n_channels=n_channels, lookback=lookback, horizon=horizon)
-        self.n_channels, self.lookback, self.horizon = n_channels, lookback, horizon
-        self.individual = bool(individual)
-        self.decomp = _MovingAverage(kernel_size)
-        n = n_channels if self.individual else 1
-        self.trend = nn.ModuleList(nn.Linear(lookback, horizon) for _ in range(n))
-        self.seasonal = nn.ModuleList(nn.Linear(lookback, horizon) for _ in range(n))
-
-    def forward(self, lookback: torch.Tensor) -> torch.Tensor:
-        _check_series(lookback, self.lookback, self.n_channels, "DLinear input (lookback window)")
-        x = lookback.transpose(1, 2)  # (B, C, L)
-        trend = self.decomp(x)
-        seasonal = x - trend
-        if self.individual:
-            out = torch.stack(
-                [self.trend[c](trend[:, c]) + self.seasonal[c](seasonal[:, c]) for c in range(self.n_channels)], dim=1
-            )
-        else:
-            out = self.trend[0](trend) + self.seasonal[0](seasonal)
-        return out.transpose(1, 2)  # (B, H, C)
-
-
-def instance_normalize(lookback: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Instance normalization of each lookback window (Kim et al. 2021; TimeDiff Sec. 4.1).
-
-    Per window and variable, subtract the lookback mean and divide by the lookback standard deviation
-    ``sqrt(var + eps)``. Returns ``(normalized, mean, std)`` with ``mean, std`` of shape ``(B, 1, C)``;
-    the same statistics normalize the window's future during training and are added back to the
-    prediction (:func:`instance_denormalize`). ``eps`` bounds the division for flat windows (a channel
-    that is constant over the lookback, e.g. energy's ``lights``, would otherwise blow its future up).
-    """
-    if lookback.ndim != 3:
-        raise ValueError(f"lookback must be (batch, length, channels), got shape {tuple(lookback.shape)}")
-    mean = lookback.mean(dim=1, keepdim=True)
-    std = torch.sqrt(lookback.var(dim=1, keepdim=True, unbiased=False) + eps)
-    return (lookback - mean) / std, mean, std
+    if kind not in MIXUP_KINDS:
+        raise ValueError(f"mixup={kind!r} is unknown; choose one of {', '.join(MIXUP_KINDS)}")
+    gen_device = generator.device if generator is not None else device
+    if kind == "soft":
+        return torch.rand(shape, generator=generator, device=gen_device).to(device)
+    if not 0.0 < tau < 1.0:
+        raise ValueError(f"mixup_tau must lie in (0, 1) for {kind} mixup, got {tau}")
+    if kind == "hard":
+        return (torch.rand(shape, generator=generator, device=gen_device) < tau).float().to(device)
+    if segment_mean < 1.0:
+        raise ValueError(f"mixup_segment_mean must be >= 1, got {segment_mean}")
+    batch, length, channels = shape
+    # a two-state Markov chain along time: leave a kept-F segment w.p. 1/mean, leave a revealed segment
+    # w.p. tau/((1-tau) mean); its stationary share of kept-F steps is tau
+    p_leave_masked = 1.0 / segment_mean
+    p_leave_unmasked = min(1.0, p_leave_masked * tau / (1.0 - tau))
+    u = torch.rand((length, batch, channels), generator=generator, device=gen_device)
+    state = u[0] < tau
+    steps = [state]
+    for i in range(1, length):
+        flip = torch.where(state, u[i] < p_leave_masked, u[i] < p_leave_unmasked)
+        state = state ^ flip
+        steps.append(state)
+    return torch.stack(steps, dim=1).float().to(device)
 
 
-def instance_denormalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`instance_normalize` for any ``(..., B, H, C)`` tensor."""
-    return x * std + mean
+def gather_channels(x: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """``x[b, :, channels[b]]`` for every window ``b``: ``(B, T, C)``, ``(B, k)`` -> ``(B, T, k)``."""
+    return x.gather(2, channels[:, None, :].expand(-1, x.shape[1], -1))
+
+
+def draw_channels(batch_size: int, n_channels: int, k: int | None, generator: torch.Generator | None = None,
+                  device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """``k`` distinct variables per window, ``(B, k)`` indices (channel-independent training on a budget),
+    or ``None`` for all of them (``k`` null or not below ``n_channels``)."""
+    if k is None or k >= n_channels:
+        return None
+    gen_device = generator.device if generator is not None else device
+    order = torch.rand((batch_size, n_channels), generator=generator, device=gen_device).argsort(dim=1)
+    return order[:, : int(k)].to(device)

@@ -4,13 +4,14 @@ Steps (config: ``conf/forecast.yaml``):
 
 1. Build the forecasting datamodule (``datamodule=forecast_energy | forecast_stocks | forecast_csv``).
 2. TimeDiff: load run ``model_id`` (trained with ``python cmd/train.py model=timediff
-   datamodule=forecast_...``) or, with ``model_id=null``, train one here with ``trainer`` (AR
-   pretraining first, early stopping on ``val/loss``).
+   datamodule=forecast_...``) or, with ``model_id=null``, train one here through the train command's
+   :func:`tsdiff.tasks.train.fit` with ``trainer`` (the model's callbacks: AR pretraining first, model
+   selection and early stopping on ``select_by``'s metric), without a run folder.
 3. Take the evaluation windows: ``eval.split`` (test), stride ``eval.stride`` (null = horizon, i.e.
    non-overlapping targets), at most ``eval.max_windows`` spread evenly over the split.
 4. Sample ``eval.num_samples`` (10, as the paper) forecasts per window with every entry of
    ``eval.solvers`` (DPM-Solver++ with few steps, and 100-step ancestral DDPM) through the shared
-   DiffusionSampler. MSE/MAE score the sample mean (the paper's protocol); CRPS and an 80% interval
+   DiffusionSampler (:func:`tsdiff.sampling.forecast.sample_forecasts`). MSE/MAE score the sample mean (the paper's protocol); CRPS and an 80% interval
    (10%-90% sample quantiles: coverage and width) use the whole sample set.
 5. Fit and score every entry of ``baselines`` (seasonal naive, the AR model alone, DLinear) on the same
    windows; their CRPS is that of a one-member ensemble (= MAE).
@@ -34,6 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tsdiff.runs import atomic_write_json, new_child_dir, resolve_run_dir, utc_now
+from tsdiff.sampling.forecast import sample_forecasts
 
 log = logging.getLogger("tsdiff")
 
@@ -90,26 +92,23 @@ def _build_or_load_model(cfg: DictConfig, dm, out_dir: Path) -> tuple[Any, dict[
                 f"datamodule (lookback/horizon/univariate) the run was trained with"
             )
         return model, {"source": "run", "model_id": run_dir.name, "run_dir": str(run_dir)}
+    from tsdiff.models.callbacks import ARPretraining, RestoreBestWeights  # noqa: PLC0415
+    from tsdiff.tasks.train import fit  # noqa: PLC0415
+
     model = instantiate(cfg.model, **dm.model_kwargs())
-    start = time.perf_counter()
-    model.on_datamodule_ready(dm)  # AR pretraining on the train split (Sec. 3.2.2)
-    ar_s = time.perf_counter() - start
-    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=str(out_dir))
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=dm, weights_only=True)
-    fit_s = time.perf_counter() - start
+    trainer, fit_s = fit(cfg, model, dm, root_dir=out_dir)  # the train command's path, without a run folder
     val = trainer.callback_metrics.get("val/loss")
-    selection = getattr(model, "selection_metric", "val/loss")
-    kept = [cb.best for cb in trainer.callbacks if getattr(cb, "monitor", None) == selection and hasattr(cb, "best")]
+    kept = [cb for cb in trainer.callbacks if isinstance(cb, RestoreBestWeights)]
+    ar_s = sum(cb.seconds for cb in trainer.callbacks if isinstance(cb, ARPretraining))
     return model, {
-        "selected_by": selection,
-        "selected_value": float(kept[0]) if kept and np.isfinite(kept[0]) else None,
+        "selected_by": kept[0].monitor if kept else None,
+        "selected_value": float(kept[0].best) if kept and np.isfinite(kept[0].best) else None,
         "source": "trained_here",
         "ar_pretrain_seconds": ar_s,
         "fit_seconds": fit_s,
         "optimizer_steps": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
-        "train_steps_per_s": trainer.global_step / fit_s if fit_s > 0 else float("nan"),
+        "train_steps_per_s": trainer.global_step / (fit_s - ar_s) if fit_s > ar_s else float("nan"),
         "val_loss_last": float(val) if val is not None else None,
     }
 
@@ -132,11 +131,11 @@ def _score_samples(samples: np.ndarray, future: np.ndarray) -> dict[str, float]:
 def _eval_timediff(model, lookback: np.ndarray, future: np.ndarray, cfg: DictConfig) -> list[dict[str, Any]]:
     ev = cfg.eval
     # warm-up (allocator, kernels) before anything is timed
-    model.forecast(lookback[:2], num_samples=2, solver="ddpm", steps=2, seed=int(cfg.seed))
+    sample_forecasts(model, lookback[:2], num_samples=2, solver="ddpm", steps=2, seed=int(cfg.seed))
     rows = []
     for name, spec in _solvers(cfg).items():
-        samples, stats = model.forecast(
-            lookback, num_samples=int(ev.num_samples), solver=str(spec.solver), steps=int(spec.steps),
+        samples, stats = sample_forecasts(
+            model, lookback, num_samples=int(ev.num_samples), solver=str(spec.solver), steps=int(spec.steps),
             seed=int(cfg.seed), sample_batch_size=int(ev.sample_batch_size),
             solver_kwargs=_plain(spec.get("solver_kwargs")), return_stats=True,
         )
@@ -190,14 +189,13 @@ def _timing_table(cfg: DictConfig, dm) -> list[dict[str, Any]]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.seed))
             model = instantiate(cfg.model, lookback=lookback_len, horizon=int(horizon), n_channels=n_channels)
-        model.ar_pretrained.fill_(True)  # weights do not change the time; skip pretraining
         x = torch.randn(int(tcfg.windows), lookback_len, n_channels, generator=gen)
-        model.forecast(x[:1], num_samples=1, solver="ddpm", steps=2)  # warm-up
+        sample_forecasts(model, x[:1], num_samples=1, solver="ddpm", steps=2)  # warm-up
         row: dict[str, Any] = {"horizon": int(horizon)}
         for name, spec in _solvers(cfg).items():
             times = []
             for _ in range(int(tcfg.repeats)):
-                _, stats = model.forecast(x, num_samples=int(tcfg.num_samples), solver=str(spec.solver),
+                _, stats = sample_forecasts(model, x, num_samples=int(tcfg.num_samples), solver=str(spec.solver),
                                           steps=int(spec.steps), seed=int(cfg.seed), return_stats=True,
                                           sample_batch_size=int(cfg.eval.sample_batch_size))
                 times.append(stats.wall_time_s)

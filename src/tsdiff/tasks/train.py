@@ -7,7 +7,7 @@ The run folder (``<runs_dir>/<run_id>/``) holds the resolved config, ``run.json`
 Models plug in through Hydra: ``cfg.model`` (or, when it is null, ``cfg.score_model``) is instantiated
 with the data facts from the datamodule: ``datamodule.model_kwargs()`` when the datamodule defines it,
 else ``n_channels`` and ``max_len``. A model may define ``on_datamodule_ready(datamodule)`` (e.g. to
-pretrain a component on the training split) which runs before ``trainer.fit``.
+take what it needs from the training split) which :func:`fit` calls before ``trainer.fit``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,24 @@ def _model_kwargs(dm) -> dict[str, Any]:
     if hasattr(dm, "model_kwargs"):
         return dict(dm.model_kwargs())
     return {"n_channels": int(dm.n_channels), "max_len": int(dm.seq_len)}
+
+
+def fit(cfg: DictConfig, model, dm, *, root_dir: Path, logger=False, callbacks: list | None = None,
+        ckpt_path: Path | None = None):
+    """The one training path (``cmd/train.py`` and the in-process training of ``cmd/forecast.py``): hand
+    the datamodule to the model (``on_datamodule_ready``, if the model defines it), build the Trainer
+    from ``cfg.trainer`` and fit (from ``ckpt_path`` when resuming). The model adds its own recipe
+    through ``configure_callbacks()``. Returns ``(trainer, fit_seconds)``."""
+    from hydra.utils import instantiate
+
+    if hasattr(model, "on_datamodule_ready"):
+        model.on_datamodule_ready(dm)
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(callbacks or []), enable_checkpointing=False,
+                          default_root_dir=str(root_dir))
+    start = time.perf_counter()
+    # weights_only: safe loading of anything Lightning restores
+    trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+    return trainer, time.perf_counter() - start
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -56,8 +74,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm.setup("fit")
     model_kwargs = _model_kwargs(dm)
     model = instantiate_model(cfg, model_kwargs)
-    if hasattr(model, "on_datamodule_ready"):
-        model.on_datamodule_ready(dm)
 
     if is_global_zero():
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -77,16 +93,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     logger = build_logger(cfg.get("logger"), str(run_id), run_dir, project=cfg.get("project", "tsdiff"))
     if logger:
         logger.log_hyperparams({"run_id": str(run_id), **OmegaConf.to_container(cfg, resolve=True)})
-    trainer = instantiate(
-        cfg.trainer,
-        logger=logger,
-        callbacks=[make_atomic_checkpoint_callback(run_dir / "checkpoints")],
-        enable_checkpointing=False,
-        default_root_dir=str(run_dir),
-    )
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=dm, weights_only=True)  # safe loading if Lightning restores anything
-    fit_s = time.perf_counter() - start
+    trainer, fit_s = fit(cfg, model, dm, root_dir=run_dir, logger=logger,
+                         callbacks=[make_atomic_checkpoint_callback(run_dir / "checkpoints")])
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     result = {
