@@ -14,6 +14,8 @@ recompute only selected tokens against all keys. Plain ``nn.Module``s: no Lightn
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
