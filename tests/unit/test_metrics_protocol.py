@@ -122,3 +122,25 @@ def test_context_fid_uses_fake_cut_to_n_real_and_shares_the_encoder():
     many = M.context_fid_many(real, [good, longer[16:32]], [0], **kw)
     assert many[0] == pytest.approx(base, rel=1e-9)
     assert many[1][0] > base[0]
+
+
+# ----------------------------------------------------------------------------- comparison vs training windows
+def test_compare_to_training_scores_every_set_and_states_the_verdict():
+    from tsdiff.metrics.protocol import beats, compare_to_training, format_comparison, verdict_lines
+
+    real = sines(40, 8, 2, seed=0)
+    cands = {"model": sines(12, 8, 2, shift=0.5, seed=1), "gaussian": sines(12, 8, 2, seed=2)}
+    res = compare_to_training(real, cands, num_runs=2, context_fid_iterations=1, discriminative_iterations=2)
+    assert set(res["sets"]) == {"model", "gaussian"} and res["settings"]["n_real"] == 40
+    for vals in res["sets"].values():
+        assert vals["n"] == 12 and len(vals["context_fid"]["runs"]) == 2 and len(vals["discriminative"]["runs"]) == 2
+    assert res["seconds"]["total"] == pytest.approx(res["seconds"]["context_fid"] + res["seconds"]["discriminative"])
+    # the shifted "model" is far from the real windows: the verdict must say it does not beat the baseline
+    v = beats(res)
+    assert v["context_fid"]["beats"] is False
+    lines = verdict_lines(res)
+    assert lines[0].startswith("model does NOT beat the gaussian on context_fid")
+    table = format_comparison(res, {"gaussian": "<- bar"})
+    assert "context_fid" in table and "<- bar" in table and "±" in table
+    with pytest.raises(ValueError, match="at least one"):
+        compare_to_training(real, {})
