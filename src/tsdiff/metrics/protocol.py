@@ -52,10 +52,8 @@ def compare_to_training(
     num_runs = check_int(num_runs, "num_runs")
     real = check_set(real, "real", min_size=2)
     names = list(candidates)
-    scaled = {}
-    for name in names:
-        r, f = minmax_scale_like_diffusion_ts(real, candidates[name])
-        scaled[name] = f
+    scaled = {name: minmax_scale_like_diffusion_ts(real, candidates[name])[1] for name in names}
+    r = minmax_scale_like_diffusion_ts(real, real)[0]
     seeds = [int(seed) + k for k in range(num_runs)]
     seconds: dict[str, float] = {}
     with torch_threads(num_threads):

@@ -157,10 +157,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     quality = None
     qcfg = cfg.get("quality") or {}
     if qcfg.get("enabled", True):
+        sets = {"model": fake, "gaussian": gaussian}
         held = np.concatenate([dm.train_array("val"), real])
-        held = held[np.sort(rng.choice(len(held), size=min(n, len(held)), replace=False))] if len(held) else held
-        quality = quality_report(train, {"model": fake, "gaussian": gaussian, "held_out": held}, qcfg, int(cfg.seed),
-                                 str(device))
+        if len(held) >= 2:  # a data set without val/test windows has no held-out row
+            sets["held_out"] = held[np.sort(rng.choice(len(held), size=min(n, len(held)), replace=False))]
+        quality = quality_report(train, sets, qcfg, int(cfg.seed), str(device))
 
     out_dir = new_child_dir(run_dir / "samples")
     atomic_save_npy(out_dir / "samples.npy", fake)
