@@ -28,5 +28,6 @@ def test_results_notebook_runs_and_reads_saved_metrics(tmp_path, monkeypatch):
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert out["run_id"] in text and "gaussian" in text and "sliced_wasserstein" in text
+    assert "held_out" in text and "discriminative_ci95" in text  # the quality verdict table
     assert "-- ablation" in text and "no_feedback" in text  # the saved ablation is found and tabulated
     assert list((runs / out["run_id"] / "samples").glob("*/samples_vs_real.png"))
