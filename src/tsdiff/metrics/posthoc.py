@@ -15,19 +15,19 @@ NeurIPS 2019) and are reported by Diffusion-TS, K-ProtoDiff and L2D-Diff:
     always answers "generated" has accuracy 0.8 and the score would read 0.3 for identical distributions;
   - *hidden width* ``max(channels // 2, MIN_DISCRIMINATOR_HIDDEN)`` (= 8) instead of ``channels // 2``:
     with one channel TimeGAN's width is 1, a GRU that cannot even separate real data from noise (it gave
-    accuracies 0.0 / 1.0 on every set of heartbeats). Measured on 1-channel sines (length 24, 600 real
+    accuracies 0.0 / 1.0 on every set of heartbeats in issue 11). Measured on 1-channel sines (length 24, 600 real
     vs 256 uniform-noise windows, 300 iterations, 3 seeds): width 1 scores 0.00-0.09 (blind), width 4
     0.10-0.27 (unreliable), width 8 0.43-0.49 (separates). From 16 channels on the widths agree; for
     fewer channels scores are not directly comparable with TimeGAN-width numbers in papers.
-* **predictive score**: a one-layer GRU (hidden ``max(1, channels // 2)``, TimeGAN's width; a sigmoid output per step) is trained on
-  the GENERATED windows to predict the last channel at step ``t+1`` from the other channels up to ``t``
+* **predictive score**: a one-layer GRU (TimeGAN's hidden ``max(1, channels // 2)``, a sigmoid output per
+  step) is trained on the GENERATED windows to predict the last channel at step ``t+1`` from the other channels up to ``t``
   (5000 iterations, batch 128, L1 loss), then its mean absolute error is measured on all REAL windows.
   Useful generated data lets a model learn the real dynamics. With a single channel there are no "other"
   channels; the GRU then predicts the next value of the channel from its past (our documented choice).
   The sigmoid output assumes data in [0, 1] (the Diffusion-TS input convention).
 
 Speed: a GRU this small is bound by per-operation overhead on a CPU, so the ``R`` repetitions of a score
-(one per seed) are trained as ONE GRU whose weights are block-diagonal: block ``r`` only sees run ``r``'s
+(one per seed, and for :func:`discriminative_scores_many` one per generated set and seed) are trained as ONE GRU whose weights are block-diagonal: block ``r`` only sees run ``r``'s
 inputs and hidden units. Off-block weights start at zero and their gradients are masked to zero (Adam then
 leaves them at exactly zero), so the runs are independent models trained in the same kernels.
 """
