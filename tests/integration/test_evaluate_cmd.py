@@ -64,12 +64,36 @@ def test_model_id_reads_newest_samples_of_the_run(tmp_path):
 
     runs = tmp_path / "runs"
     sample = _make_run(runs)
-    record = run(_compose([f"runs_dir={runs}", "model_id=latest", "mode=fast", "metrics=[kl,marginal_wasserstein]"]))
-    assert Path(record["results_path"]) == sample / "evaluation.json"
+    record = run(_compose([f"runs_dir={runs}", "model_id=latest", "mode=fast", "metrics=[kl,marginal_wasserstein]",
+                           "reference=test"]))
+    assert Path(record["results_path"]) == sample / "evaluation-test.json"
+    assert record["source"]["reference"] == "test"
     assert record["source"]["sample_id"] == sample.name
     assert record["results"]["marginal_wasserstein"]["mean"] > 0
     with pytest.raises(RunNotFoundError, match="Unknown model_id"):
         run(_compose([f"runs_dir={runs}", "model_id=nope"]))
+    with pytest.raises(FileNotFoundError, match="no config.yaml"):  # default reference=train needs the run config
+        run(_compose([f"runs_dir={runs}", "model_id=latest", "metrics=[kl]"]))
+    with pytest.raises(ValueError, match="reference must be"):
+        run(_compose([f"runs_dir={runs}", "model_id=latest", "metrics=[kl]", "reference=val"]))
+
+
+def test_model_id_defaults_to_the_runs_training_windows(tmp_path):
+    """Diffusion-TS protocol: real = the run's training windows, rebuilt from its datamodule config."""
+    from omegaconf import OmegaConf
+
+    from tsdiff.tasks.evaluate import run, run_training_windows
+
+    runs = tmp_path / "runs"
+    sample = _make_run(runs)
+    dm_cfg = {"_target_": "tsdiff.data.SyntheticDataModule", "data_dir": str(tmp_path / "syn"), "seq_len": 10,
+              "n_samples": 300, "n_channels": 3, "seed": 0}
+    OmegaConf.save(OmegaConf.create({"datamodule": dm_cfg}), runs / "abc12345" / "config.yaml")
+    train = run_training_windows(runs / "abc12345")
+    assert train.shape[1:] == (10, 3) and len(train) > 20
+    record = run(_compose([f"runs_dir={runs}", "model_id=latest", "metrics=[kl,marginal_wasserstein]"]))
+    assert Path(record["results_path"]) == sample / "evaluation.json"
+    assert record["source"]["reference"] == "train" and record["real_shape"] == list(train.shape)
 
 
 def test_bad_requests_fail_clearly(tmp_path):

@@ -16,6 +16,9 @@ from tsdiff.runs import RunNotFoundError
 from tsdiff.tasks.common import CheckpointError
 
 REPO = Path(__file__).resolve().parents[2]
+# the quality verdict (Context-FID + discriminative vs the training windows) with tiny training budgets
+QUALITY_TINY = ["quality.num_runs=2", "quality.context_fid_iterations=2", "quality.discriminative_iterations=3",
+                "quality.num_threads=1"]
 
 
 def sample_run(runs_dir, model_id="latest", *extra):
@@ -24,7 +27,7 @@ def sample_run(runs_dir, model_id="latest", *extra):
     cfg = compose_cfg(
         "sample",
         [f"runs_dir={runs_dir}", f"model_id={model_id}", "num_samples=16", "num_diffusion_steps=5",
-         "progress=false", "logger=csv", "num_directions=50", *extra],
+         "progress=false", "logger=csv", "num_directions=50", *QUALITY_TINY, *extra],
     )
     return run(cfg)
 
@@ -59,8 +62,15 @@ def test_train_then_sample_writes_run_and_samples(runs_dir, extra):
     assert samples.shape == (16, 24, 3) and np.isfinite(samples).all()
     assert np.load(sdir / "real.npy").shape[1:] == (24, 3)
     saved = json.loads((sdir / "metrics.json").read_text())
-    assert set(saved["metrics"]) == {"model", "gaussian", "train"}
+    assert set(saved["metrics"]) == {"model", "gaussian", "train"}  # secondary, vs the test split
     assert saved["metrics"]["model"]["sliced_wasserstein"] > 0
+    assert "beats_gaussian_swd" not in saved
+    quality = saved["quality"]  # primary: vs the training windows
+    assert set(quality["sets"]) == {"model", "gaussian", "held_out"}
+    assert quality["sets"]["model"]["n"] == 16 and quality["settings"]["num_runs"] == 2
+    for vals in quality["sets"].values():
+        assert vals["context_fid"]["mean"] >= 0 and len(vals["discriminative"]["runs"]) == 2
+    assert set(quality["beats_gaussian"]) == {"context_fid", "discriminative"}
     assert saved["sampling"]["network_evaluations"] == 5
 
 
@@ -141,10 +151,11 @@ def test_entry_points_run_as_scripts_and_report_errors_cleanly(tmp_path):
     run_id = out.stdout.split("tsdiff run_id:")[1].split()[0]
     assert list((runs / run_id / "wandb").glob("offline-run-*")), "wandb did not log offline into the run folder"
     out = subprocess.run([sys.executable, str(REPO / "cmd" / "sample.py"), f"runs_dir={runs}", "num_samples=8",
-                          "num_diffusion_steps=3", "progress=false", "logger=none"],
+                          "num_diffusion_steps=3", "progress=false", "logger=none", *QUALITY_TINY],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "sliced_wasserstein" in out.stdout and "gaussian" in out.stdout
+    assert "TRAINING windows" in out.stdout and "the gaussian on context_fid" in out.stdout
     out = subprocess.run([sys.executable, str(REPO / "cmd" / "sample.py"), f"runs_dir={runs}", "model_id=zzz"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 2

@@ -56,18 +56,47 @@ def context_fid_runs(
     device: str | torch.device = "cpu",
 ) -> list[float]:
     """Context-FID for several seeds at once (one encoder per seed, trained side by side); see :func:`context_fid`."""
-    r, f = check_pair(real, fake, min_size=2)
+    return context_fid_many(real, [fake], seeds, iterations, batch_size, device)[0]
+
+
+def context_fid_many(
+    real,
+    fakes: list,
+    seeds: list[int],
+    iterations: int | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    reference_size: int | None = None,
+) -> list[list[float]]:
+    """Context-FID of several generated sets against one real set; returns ``[set][seed]``.
+
+    The encoder of seed ``s`` is trained once on the real windows and embeds the real set and every
+    generated set, so the sets are compared through the same feature map (and the training cost is paid
+    once). Each generated set is cut to ``fake[:N_real]`` as Diffusion-TS does. ``reference_size`` caps the
+    number of real windows whose embeddings estimate the real Gaussian (a seeded subset; the encoder still
+    trains on all of them): embedding costs as much as training on large sets, and the Fréchet distance's
+    sampling error is dominated by the smaller, generated set. ``None`` (default) embeds every real window.
+    """
+    if len(fakes) == 0:
+        raise ValueError("fakes must hold at least one generated set.")
+    pairs = [check_pair(real, f, min_size=2) for f in fakes]
+    r = pairs[0][0]
+    fs = [p[1][: r.shape[0]] for p in pairs]  # Diffusion-TS: fake[:N_real]
     if len(seeds) == 0:
         raise ValueError("seeds must name at least one seed.")
     dev = torch.device(device)
     iters = default_ts2vec_iterations(r.size) if iterations is None else check_int(iterations, "iterations")
     rt = torch.as_tensor(r, dtype=torch.float32, device=dev)
-    ft = torch.as_tensor(f, dtype=torch.float32, device=dev)
+    ref = rt
+    if reference_size is not None and check_int(reference_size, "reference_size", 2) < r.shape[0]:
+        pick = np.sort(np.random.default_rng(int(seeds[0])).choice(r.shape[0], int(reference_size), replace=False))
+        ref = rt[torch.as_tensor(pick, device=dev)]
     with seeded_torch(int(seeds[0]), dev):
         model = train_ts2vec(rt, iters, [int(s) for s in seeds], batch_size=batch_size)
-        er = encode_full_series(model, rt).double().cpu().numpy()
-        ef = encode_full_series(model, ft).double().cpu().numpy()
-    return [frechet_distance_from_embeddings(er[i], ef[i]) for i in range(len(seeds))]
+        er = encode_full_series(model, ref).double().cpu().numpy()
+        efs = [encode_full_series(model, torch.as_tensor(f, dtype=torch.float32, device=dev)).double().cpu().numpy()
+               for f in fs]
+    return [[frechet_distance_from_embeddings(er[i], ef[i]) for i in range(len(seeds))] for ef in efs]
 
 
 def context_fid(
@@ -83,6 +112,7 @@ def context_fid(
     A TS2Vec encoder is trained on the REAL windows only (``iterations`` defaults to TS2Vec's 200/600 rule,
     :func:`~tsdiff.metrics.ts2vec.default_ts2vec_iterations`), both sets are embedded (max-pool over
     time, 320-d) and the Fréchet distance between Gaussians fitted to the two embedding sets is returned.
+    As in Diffusion-TS (and K-ProtoDiff's script) the generated set is cut to ``fake[:N_real]`` first.
     Diffusion-TS retrains the encoder for every repetition, so repeated runs include the encoder's
     variance; :func:`context_fid_runs` does that for several seeds in one pass.
     """

@@ -3,20 +3,31 @@
 Both were defined by Yoon, Jarrett & van der Schaar ("Time-series Generative Adversarial Networks",
 NeurIPS 2019) and are reported by Diffusion-TS, K-ProtoDiff and L2D-Diff:
 
-* **discriminative score**: a one-layer GRU classifier (hidden size ``channels // 2``, logit from the last
-  hidden state) is trained to tell real from generated windows on 80 % of each set (2000 Adam iterations,
-  batches of 128 real + 128 generated windows) and tested on the held-out 20 %; the score is
-  ``|accuracy - 0.5|``: 0 when the classifier cannot do better than chance. It measures how
+* **discriminative score**: a one-layer GRU classifier (logit from the last hidden state) is trained to
+  tell real from generated windows on 80 % of each set (2000 Adam iterations, batches of 128 real + 128
+  generated windows) and tested on the held-out 20 %; the score is ``|accuracy - 0.5|``: 0 when the
+  classifier cannot do better than chance, 0.5 when it separates the sets perfectly. It measures how
   distinguishable the sets are, including temporal dynamics the marginal metrics miss.
-* **predictive score**: a one-layer GRU (hidden ``channels // 2``, a sigmoid output per step) is trained on
-  the GENERATED windows to predict the last channel at step ``t+1`` from the other channels up to ``t``
+  Two departures from TimeGAN, so that the score means the same thing for every data shape:
+
+  - *balanced classes*: the larger set is subsampled (seeded, per run) to the size of the smaller one
+    before the split. TimeGAN assumes equal sizes; with 97 real vs 386 generated windows a classifier that
+    always answers "generated" has accuracy 0.8 and the score would read 0.3 for identical distributions;
+  - *hidden width* ``max(channels // 2, MIN_DISCRIMINATOR_HIDDEN)`` (= 8) instead of ``channels // 2``:
+    with one channel TimeGAN's width is 1, a GRU that cannot even separate real data from noise (it gave
+    accuracies 0.0 / 1.0 on every set of heartbeats in issue 11). Measured on 1-channel sines (length 24, 600 real
+    vs 256 uniform-noise windows, 300 iterations, 3 seeds): width 1 scores 0.00-0.09 (blind), width 4
+    0.10-0.27 (unreliable), width 8 0.43-0.49 (separates). From 16 channels on the widths agree; for
+    fewer channels scores are not directly comparable with TimeGAN-width numbers in papers.
+* **predictive score**: a one-layer GRU (TimeGAN's hidden ``max(1, channels // 2)``, a sigmoid output per
+  step) is trained on the GENERATED windows to predict the last channel at step ``t+1`` from the other channels up to ``t``
   (5000 iterations, batch 128, L1 loss), then its mean absolute error is measured on all REAL windows.
   Useful generated data lets a model learn the real dynamics. With a single channel there are no "other"
   channels; the GRU then predicts the next value of the channel from its past (our documented choice).
   The sigmoid output assumes data in [0, 1] (the Diffusion-TS input convention).
 
 Speed: a GRU this small is bound by per-operation overhead on a CPU, so the ``R`` repetitions of a score
-(one per seed) are trained as ONE GRU whose weights are block-diagonal: block ``r`` only sees run ``r``'s
+(one per seed, and for :func:`discriminative_scores_many` one per generated set and seed) are trained as ONE GRU whose weights are block-diagonal: block ``r`` only sees run ``r``'s
 inputs and hidden units. Off-block weights start at zero and their gradients are masked to zero (Adam then
 leaves them at exactly zero), so the runs are independent models trained in the same kernels.
 """
@@ -99,8 +110,11 @@ class _Heads(nn.Module):
         return (h * self.w).sum(-1) + self.b
 
 
-def _hidden_size(channels: int, hidden: int | None) -> int:
-    return max(1, channels // 2) if hidden is None else check_int(hidden, "hidden", 1)
+MIN_DISCRIMINATOR_HIDDEN = 8
+
+
+def _hidden_size(channels: int, hidden: int | None, floor: int = 1) -> int:
+    return max(floor, channels // 2) if hidden is None else check_int(hidden, "hidden", 1)
 
 
 def discriminative_scores(
@@ -114,54 +128,96 @@ def discriminative_scores(
     lr: float = 1e-3,
     device: str | torch.device = "cpu",
 ) -> list[dict[str, float]]:
-    """Discriminative score for each seed (independent split, initialisation and batches per seed).
+    """Discriminative score for each seed (independent subsample, split, initialisation and batches per seed).
 
-    Returns one dict per seed: ``score = |acc - 0.5|`` plus the test accuracies on real and on fake windows.
+    Returns one dict per seed: ``score = |acc - 0.5|``, the balanced test accuracy ``accuracy`` and the test
+    accuracies on real and on fake windows, plus ``n_per_class`` (windows per class after balancing).
     """
-    r_np, f_np = check_pair(real, fake, min_size=2)
+    return discriminative_scores_many(real, [fake], seeds, iterations, batch_size, hidden, train_fraction, lr,
+                                      device)[0]
+
+
+def discriminative_scores_many(
+    real,
+    fakes: list,
+    seeds: list[int],
+    iterations: int = 2000,
+    batch_size: int = 128,
+    hidden: int | None = None,
+    train_fraction: float = 0.8,
+    lr: float = 1e-3,
+    device: str | torch.device = "cpu",
+) -> list[list[dict[str, float]]]:
+    """:func:`discriminative_scores` of several generated sets against one real set, trained in one pass.
+
+    Every (set, seed) pair is one block of the same :class:`BlockGRU`. Seed ``s`` draws the same real
+    windows and split for every set (a paired comparison), so candidates differ only by their own data.
+    All blocks use one batch size, ``min(batch_size, smallest training split)``. Returns ``[set][seed]``.
+    """
+    if not fakes:
+        raise ValueError("fakes must hold at least one generated set.")
+    pairs = [check_pair(real, f, min_size=2) for f in fakes]
+    r_np = pairs[0][0]
+    f_nps = [p[1] for p in pairs]
     iterations = check_int(iterations, "iterations")
     batch_size = check_int(batch_size, "batch_size")
     if not 0 < train_fraction < 1:
         raise ValueError(f"train_fraction must be in (0, 1); got {train_fraction}")
+    if len(seeds) == 0:
+        raise ValueError("seeds must name at least one seed.")
     dev = torch.device(device)
-    nr, nf, t, c = r_np.shape[0], f_np.shape[0], r_np.shape[1], r_np.shape[2]
-    ntr_r, ntr_f = max(1, int(nr * train_fraction)), max(1, int(nf * train_fraction))
-    if ntr_r >= nr or ntr_f >= nf:
-        raise ValueError("each set needs enough windows for a non-empty 20 % test split (at least 2 per set).")
-    R = len(seeds)
-    rngs = [np.random.default_rng(s) for s in seeds]
-    perm_r = [g.permutation(nr) for g in rngs]
-    perm_f = [g.permutation(nf) for g in rngs]
+    nr, c = r_np.shape[0], r_np.shape[2]
+    blocks = []  # (set index, seed, real train/test idx, fake train/test idx)
+    for j, f_np in enumerate(f_nps):
+        n = min(nr, f_np.shape[0])  # balanced classes: subsample the larger set
+        ntr = int(n * train_fraction)
+        if ntr < 1 or ntr >= n:
+            raise ValueError(
+                f"after balancing the classes each holds {n} windows, too few for a train/test split with "
+                f"train_fraction={train_fraction}; give at least 2 windows per set (5+ for a meaningful score)."
+            )
+        for s in seeds:
+            g = np.random.default_rng(int(s))
+            pr, pf = g.permutation(nr)[:n], g.permutation(f_np.shape[0])[:n]
+            blocks.append((j, int(s), pr[:ntr], pr[ntr:], pf[:ntr], pf[ntr:], g))
+    R = len(blocks)
+    bs = min(batch_size, min(len(b[2]) for b in blocks))
     real_t = torch.as_tensor(r_np, dtype=torch.float32, device=dev)
-    fake_t = torch.as_tensor(f_np, dtype=torch.float32, device=dev)
-    h = _hidden_size(c, hidden)
+    fake_ts = [torch.as_tensor(f, dtype=torch.float32, device=dev) for f in f_nps]
+    h = _hidden_size(c, hidden, MIN_DISCRIMINATOR_HIDDEN)
+    block_seeds = [b[1] for b in blocks]
     with seeded_torch(int(seeds[0]), dev):
-        gru = BlockGRU(c, h, seeds).to(dev)
-        head = _Heads(h, seeds).to(dev)
+        gru = BlockGRU(c, h, block_seeds).to(dev)
+        head = _Heads(h, block_seeds).to(dev)
         opt = torch.optim.Adam(list(gru.parameters()) + list(head.parameters()), lr=lr)
-        bsr, bsf = min(batch_size, ntr_r), min(batch_size, ntr_f)
-        labels = torch.cat([torch.ones(bsr, R), torch.zeros(bsf, R)]).to(dev)
+        labels = torch.cat([torch.ones(bs, R), torch.zeros(bs, R)]).to(dev)
         for _ in range(iterations):
-            ir = np.stack([p[:ntr_r][g.permutation(ntr_r)[:bsr]] for p, g in zip(perm_r, rngs)], axis=1)
-            i_f = np.stack([p[:ntr_f][g.permutation(ntr_f)[:bsf]] for p, g in zip(perm_f, rngs)], axis=1)
-            x = torch.cat([real_t[torch.as_tensor(ir, device=dev)], fake_t[torch.as_tensor(i_f, device=dev)]])
+            ir = np.stack([b[2][b[6].permutation(len(b[2]))[:bs]] for b in blocks], axis=1)  # (bs, R)
+            xf = torch.stack([fake_ts[b[0]][torch.as_tensor(b[4][b[6].permutation(len(b[4]))[:bs]], device=dev)]
+                              for b in blocks], dim=1)  # (bs, R, T, C)
+            x = torch.cat([real_t[torch.as_tensor(ir, device=dev)], xf])
             _, last = gru(x.permute(0, 2, 1, 3))  # (B, R, T, C) -> (B, T, R, C)
             loss = F.binary_cross_entropy_with_logits(head(last), labels) * R
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        out: list[list[dict[str, float]]] = [[] for _ in fakes]
         with torch.no_grad():
-            ir = torch.as_tensor(np.stack([p[ntr_r:] for p in perm_r], axis=1), device=dev)
-            i_f = torch.as_tensor(np.stack([p[ntr_f:] for p in perm_f], axis=1), device=dev)
-            pr = head(gru(real_t[ir].permute(0, 2, 1, 3))[1]) > 0  # (n_test, R)
-            pf = head(gru(fake_t[i_f].permute(0, 2, 1, 3))[1]) > 0
-    out = []
-    for k in range(R):
-        acc_r = float(pr[:, k].float().mean())
-        acc_f = float((~pf[:, k]).float().mean())
-        acc = (float(pr[:, k].sum()) + float((~pf[:, k]).sum())) / (pr.shape[0] + pf.shape[0])
-        out.append({"score": abs(acc - 0.5), "accuracy": acc, "accuracy_real": acc_r, "accuracy_fake": acc_f})
+            for k, (j, _s, _rtr, rte, _ftr, fte, _g) in enumerate(blocks):
+                pr = _block_logits(gru, head, real_t[torch.as_tensor(rte, device=dev)], k, R) > 0
+                pf = _block_logits(gru, head, fake_ts[j][torch.as_tensor(fte, device=dev)], k, R) > 0
+                acc_r, acc_f = float(pr.float().mean()), float((~pf).float().mean())
+                acc = (acc_r + acc_f) / 2  # equal test sizes per class
+                out[j].append({"score": abs(acc - 0.5), "accuracy": acc, "accuracy_real": acc_r,
+                               "accuracy_fake": acc_f, "n_per_class": len(_rtr) + len(rte)})
     return out
+
+
+def _block_logits(gru: BlockGRU, head: _Heads, x: torch.Tensor, k: int, R: int) -> torch.Tensor:
+    """Logits of block ``k`` for windows ``x`` ``(n, T, C)`` (the other blocks see zeros and are ignored)."""
+    xb = x.new_zeros(x.shape[0], x.shape[1], R, x.shape[2])
+    xb[:, :, k] = x
+    return head(gru(xb)[1])[:, k]
 
 
 def _predictive_io(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,8 +34,13 @@ def correlational_score(real, fake, subset_size: int | None = None, seed: int = 
     over the lower triangle (diagonal included) and divide by 10. With ``subset_size`` each set is first
     subsampled without replacement (Diffusion-TS evaluates 5 random subsets of size N/5); the subsets are
     drawn from ``numpy.random.default_rng(seed)``. 0 means identical correlation structure.
+
+    With a single channel there is no cross-correlation to compare (the only entry is the diagonal, 1 for
+    every set), so the score is not applicable and NaN is returned (tables print "n/a"), not a flattering 0.
     """
     r, f = check_pair(real, fake, min_size=2)
+    if r.shape[2] == 1:
+        return float("nan")
     if subset_size is not None:
         subset_size = check_int(subset_size, "subset_size", 2)
         rng = np.random.default_rng(seed)
@@ -48,8 +53,9 @@ def correlational_score(real, fake, subset_size: int | None = None, seed: int = 
 def kl_divergence(real, fake, bins: int = 50, eps: float = 1e-8) -> float:
     """KL(P_real || P_fake) of the marginal value distributions, averaged over channels.
 
-    K-ProtoDiff (AAAI 2026) reports this divergence to check that generated values follow the real
-    value distribution. Binning (the papers leave it open): per channel, ``bins`` equal-width bins over
+    K-ProtoDiff (AAAI 2026) reports a marginal KL to check that generated values follow the real value
+    distribution; this is tsdiff's per-channel form (K-ProtoDiff's own pooled form is
+    :func:`kl_divergence_pooled`, metric name ``kl_kprotodiff``). Binning: per channel, ``bins`` equal-width bins over
     the range spanned by BOTH sets (so no generated value falls outside the bins); all windows and time
     steps are pooled. Every bin probability gets ``eps`` added before renormalising, so a generated set that
     never visits a region the real data occupies gets a large but finite penalty. The direction
@@ -73,6 +79,36 @@ def kl_divergence(real, fake, bins: int = 50, eps: float = 1e-8) -> float:
         p, q = p / p.sum(), q / q.sum()
         out.append(float(np.sum(p * np.log(p / q))))
     return float(np.mean(out))
+
+
+def kl_divergence_pooled(real, fake, bins: int = 100, eps: float = 1e-8) -> float:
+    """KL(P_real || P_fake) of the value histogram pooled over ALL channels: K-ProtoDiff's own definition.
+
+    K-ProtoDiff's evaluation script (``kl_divergence_hist`` beside its ``metric_pytorch.py``) flattens both
+    sets over windows, steps and channels, takes ``bins`` (100) equal-width bins spanning the REAL values'
+    range, builds density histograms, adds ``eps`` (1e-8) to every bin density and normalises both to
+    probabilities before ``sum p log(p / q)``. Consequences kept on purpose, so that numbers match the
+    paper's protocol: generated values outside the real range fall out of the histogram (they are not
+    penalised), and channel-specific shapes are mixed into one histogram (on min-max scaled data every
+    channel spans [0, 1]). :func:`kl_divergence` is tsdiff's per-channel variant, which sees both.
+    If no generated value lies inside the real range, the fake histogram is all ``eps`` (uniform).
+    """
+    r, f = check_pair(real, fake)
+    bins = check_int(bins, "bins", 2)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 to keep the divergence finite; got {eps}.")
+    rv, fv = r.ravel(), f.ravel()
+    lo, hi = float(rv.min()), float(rv.max())
+    if hi <= lo:  # a constant real set: one bin of width 1 around it, as numpy's histogram does
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    width = edges[1] - edges[0]
+    cr = np.histogram(rv, edges)[0].astype(np.float64)
+    cf = np.histogram(fv, edges)[0].astype(np.float64)
+    p = cr / (cr.sum() * width) + eps
+    q = cf / (max(cf.sum(), 1.0) * width) + eps
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(p * np.log(p / q)))
 
 
 def mean_power_spectrum(x) -> np.ndarray:

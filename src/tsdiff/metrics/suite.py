@@ -7,7 +7,7 @@ score, ``{"mean", "std", "ci95", "runs", "seconds", "settings", "repeated"}``:
   Wasserstein, correlational on random subsets) are run ``num_runs`` times with seeds
   ``seed, seed + 1, ...``; ``ci95`` is the half-width of the 95 % Student-t interval of the mean, the
   "mean ± interval" Diffusion-TS reports over 5 runs (``display_scores`` there);
-* closed-form metrics (KL, marginal Wasserstein, spectral distance, segment DTW) give the same number for
+* closed-form metrics (KL in both forms, marginal Wasserstein, spectral distance, segment DTW) give the same number for
   every seed, so they are computed once: ``runs`` holds one value and ``std = ci95 = 0``.
 
 Input convention: ``(N, length, channels)`` for both sets. With ``scale="minmax"`` (default) both sets are
@@ -32,7 +32,7 @@ from ._checks import check_int, check_pair, minmax_scale_like_diffusion_ts, torc
 from .dtw import segment_dtw
 from .fid import context_fid_runs
 from .posthoc import discriminative_scores, predictive_scores
-from .statistics import correlational_score, kl_divergence, spectral_density_distance
+from .statistics import correlational_score, kl_divergence, kl_divergence_pooled, spectral_density_distance
 from .wasserstein import marginal_wasserstein, sliced_wasserstein
 
 RunFn = Callable[..., dict[str, list[float]]]
@@ -78,6 +78,10 @@ def _kl(real, fake, seeds, device, bins=50):
     return {"kl": [kl_divergence(real, fake, bins=bins)]}
 
 
+def _kl_kprotodiff(real, fake, seeds, device, bins=100):
+    return {"kl_kprotodiff": [kl_divergence_pooled(real, fake, bins=bins)]}
+
+
 def _sliced(real, fake, seeds, device, num_directions=1000):
     return {"sliced_wasserstein": [sliced_wasserstein(real, fake, num_directions, s) for s in seeds]}
 
@@ -120,7 +124,9 @@ GENERATION_METRICS: dict[str, MetricSpec] = {
                                  {"iterations": 300}, "Yoon et al. 2019 (TimeGAN)"),
     "predictive": MetricSpec(_predictive, True, {"iterations": 5000, "batch_size": 128}, {"iterations": 500},
                              "Yoon et al. 2019 (TimeGAN)"),
-    "kl": MetricSpec(_kl, False, {"bins": 50}, {}, "K-ProtoDiff (AAAI 2026)"),
+    "kl": MetricSpec(_kl, False, {"bins": 50}, {}, "per-channel marginal KL (tsdiff)"),
+    "kl_kprotodiff": MetricSpec(_kl_kprotodiff, False, {"bins": 100}, {},
+                                "K-ProtoDiff (AAAI 2026) script: channels pooled, 100 bins over the real range"),
     "segment_dtw_paired": MetricSpec(_dtw("paired"), False, {"segment_lengths": (6, 8, 10)}, {},
                                      "K-ProtoDiff (AAAI 2026), index-paired"),
     "segment_dtw_nn": MetricSpec(_dtw("nn"), False, {"segment_lengths": (6, 8, 10), "max_windows": None},
@@ -135,8 +141,14 @@ DEFAULT_NUM_RUNS = {"paper": 5, "fast": 3}
 
 
 def summarize_runs(values: list[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation and 95 % Student-t half-width of a list of run values."""
+    """Mean, sample standard deviation and 95 % Student-t half-width of a list of run values.
+
+    A metric that does not apply (every run NaN, e.g. the correlational score of one channel) gives
+    ``None`` for every statistic and ``applicable: False``; tables print it as "n/a".
+    """
     v = np.asarray(values, dtype=np.float64)
+    if v.size and np.all(np.isnan(v)):
+        return {"mean": None, "std": None, "ci95": None, "runs": [None] * int(v.size), "applicable": False}
     n = v.size
     std = float(v.std(ddof=1)) if n > 1 else 0.0
     ci = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 else 0.0

@@ -1,13 +1,9 @@
-"""A TS2Vec-style encoder and its contrastive training, used as the feature map of Context-FID.
+"""Contrastive training of TS2Vec encoders, the feature map of Context-FID.
 
-TS2Vec (Yue et al., "TS2Vec: Towards Universal Representation of Time Series", AAAI 2022) learns a
-per-time-step representation with
+The encoder network is :class:`tsdiff.nets.ts2vec.TS2VecEncoder` (TS2Vec: Yue et al., AAAI 2022). Its
+training here follows TS2Vec:
 
-* a linear input projection, random *timestamp masking* of the projected input during training
-  (each step kept with probability 1/2),
-* a stack of residual blocks of two dilated 1-D convolutions (kernel 3, dilation 2**i, GELU before each
-  convolution, a 1x1 projection on the residual path of the last block), ending in 320 channels, then
-  dropout 0.1,
+* random *timestamp masking* of the projected input (each step kept with probability 1/2);
 * a *hierarchical contrastive loss*: two overlapping random crops of the same series are encoded; on
   their common part the representation of a step must be closer to its twin in the other view than to
   (a) the other series of the batch at that step (instance term) and (b) the other steps of the same
@@ -20,85 +16,54 @@ depth 10, output 320, batch 8, AdamW with lr 1e-3, encoding with an equal-weight
 weights (stochastic weight averaging), 200 iterations (600 when the training set holds more than 100,000
 numbers).
 
-Speed: on CPU, TS2Vec's cost is per-operation overhead, not arithmetic. So (1) convolutions are written
-as one matrix product over three shifted copies of the input, and taps whose dilation reaches past the
-window (only zero padding) are skipped, which leaves the result unchanged; (2) ``num_models`` independent
-encoders (one per evaluation run) are trained side by side in the same tensor operations, each with its
-own initialisation, batches, crop offsets, masks and dropout; they share only the crop *lengths* drawn at
-each iteration (so one forward pass serves all runs).
+Speed: on CPU, TS2Vec's cost is per-operation overhead, not arithmetic, so ``R`` independent encoders (one
+per evaluation run) are trained side by side in the same tensor operations
+(:class:`StackedTS2VecEncoder`: the parameters of ``R`` single encoders stacked along a model axis), each
+with its own initialisation, batches, crop offsets, masks and dropout; they share only the crop *lengths*
+drawn at each iteration (so one forward pass serves all runs). :meth:`StackedTS2VecEncoder.encoder`
+returns run ``r`` as a stand-alone :class:`~tsdiff.nets.ts2vec.TS2VecEncoder`.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _uniform(gen: torch.Generator, shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
-    """PyTorch's default layer initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+from tsdiff.nets.ts2vec import TS2VecEncoder, ts2vec_forward
 
 
 class StackedTS2VecEncoder(nn.Module):
     """``R`` independent TS2Vec encoders evaluated together.
 
-    Input ``(R, B, T, C)``, output ``(R, B, T, output_dims)``. Parameters of model ``r`` are drawn from
-    ``torch.Generator().manual_seed(seeds[r])``.
+    Input ``(R, B, T, C)``, output ``(R, B, T, output_dims)``. Model ``r`` starts as
+    ``TS2VecEncoder(..., seed=seeds[r])``; its parameters are slice ``r`` of the stacked ones.
     """
 
     def __init__(self, input_dims: int, seeds: list[int], output_dims: int = 320, hidden_dims: int = 64,
                  depth: int = 10, dropout: float = 0.1) -> None:
         super().__init__()
         self.num_models = len(seeds)
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-
-        def param(shape, fan_in):
-            return nn.Parameter(torch.stack([_uniform(g, shape, fan_in) for g in gens]))
-
-        self.in_w = param((hidden_dims, input_dims), input_dims)
-        self.in_b = param((hidden_dims, 1), input_dims)
-        widths = [hidden_dims] * depth + [output_dims]
-        self.conv_w = nn.ParameterList()
-        self.conv_b = nn.ParameterList()
-        self.dilations = []
-        c_in = hidden_dims
-        for i, c_out in enumerate(widths):
-            for cin in (c_in, c_out):  # two convolutions per block
-                self.conv_w.append(param((c_out, 3 * cin), 3 * cin))  # taps (left, centre, right) x cin
-                self.conv_b.append(param((c_out, 1), 3 * cin))
-            self.dilations.append(2**i)
-            c_in = c_out
-        self.skip_w = param((output_dims, hidden_dims), hidden_dims)
-        self.skip_b = param((output_dims, 1), hidden_dims)
+        self._config = dict(input_dims=input_dims, output_dims=output_dims, hidden_dims=hidden_dims, depth=depth,
+                            dropout=dropout)
+        singles = [TS2VecEncoder(seed=int(s), **self._config) for s in seeds]
+        self.dilations = singles[0].dilations
         self.dropout = dropout
-
-    @staticmethod
-    def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor:
-        """Kernel-3 "same" dilated convolution of ``x`` ``(R, B, Cin, T)`` with ``w`` ``(R, Cout, 3 Cin)``."""
-        t = x.shape[-1]
-        cin = x.shape[-2]
-        if d >= t:  # outer taps see only zero padding
-            return w[:, None, :, cin : 2 * cin] @ x + b[:, None]
-        xp = F.pad(x, (d, d))
-        cols = torch.cat([xp[..., :t], xp[..., d : d + t], xp[..., 2 * d : 2 * d + t]], dim=-2)
-        return w[:, None] @ cols + b[:, None]
+        self.params = nn.ParameterList(
+            [nn.Parameter(torch.stack([m.params[i].detach() for m in singles])) for i in range(len(singles[0].params))]
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.in_w[:, None] @ x.transpose(-1, -2) + self.in_b[:, None]  # (R, B, H, T)
-        if mask is not None:
-            h = h * mask[:, :, None, :].to(h.dtype)
-        last = len(self.dilations) - 1
-        for i, d in enumerate(self.dilations):
-            res = h if i < last else self.skip_w[:, None] @ h + self.skip_b[:, None]
-            h = self._conv(F.gelu(h), self.conv_w[2 * i], self.conv_b[2 * i], d)
-            h = self._conv(F.gelu(h), self.conv_w[2 * i + 1], self.conv_b[2 * i + 1], d) + res
-        h = F.dropout(h, self.dropout, self.training)
-        return h.transpose(-1, -2)
+        return ts2vec_forward(list(self.params), self.dilations, x, mask, self.dropout, self.training)
+
+    def encoder(self, r: int) -> TS2VecEncoder:
+        """Model ``r`` as a stand-alone encoder (a copy of its current weights, in eval mode)."""
+        enc = TS2VecEncoder(**self._config)
+        with torch.no_grad():
+            for p, q in zip(enc.params, self.params):
+                p.copy_(q[r])
+        return enc.eval().to(self.params[0].device)
 
 
 def _contrast(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,18 @@ Two ways to name the data (``cfg`` is the Hydra config of ``conf/evaluate.yaml``
 * ``real_path=<real.npy> fake_path=<fake.npy>``: two arrays ``(N, length, channels)``, like the
   ``metric_pytorch.py --ori_path --fake_path`` script of K-ProtoDiff;
 * ``model_id=<run_id|latest>`` (with ``runs_dir``): the newest ``samples/<sample_id>/`` folder of that run
-  (or ``sample_id=<id>``), whose ``samples.npy`` is the generated set and ``real.npy`` the real windows
-  the sample command compared against (both in the datamodule's standardized space).
+  (or ``sample_id=<id>``), whose ``samples.npy`` is the generated set. The real set follows
+  ``reference``:
+
+  - ``train`` (default): the run's TRAINING windows, rebuilt from the run's datamodule config -- the
+    Diffusion-TS protocol (real = the data the generator learned, ``fake[:N_real]``). A generator is
+    judged on the distribution it was asked to learn;
+  - ``test``: the test windows saved beside the samples (``real.npy``). With the default blocks split the
+    test windows come from other periods than the training windows, so scores against them measure the
+    shift between periods as much as the generator (every set, real training windows included, scored
+    about the same Context-FID there on stocks): use it to check generalisation, not to rank generators.
+
+  Both are in the datamodule's standardized space, like the samples.
 
 Results go to ``results_path`` (default: ``evaluation.json`` beside the samples, or in the working
 directory for ``.npy`` inputs) with an atomic write. An existing file is never overwritten silently: unless
@@ -60,6 +70,28 @@ def _load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
     return arr
 
 
+def run_training_windows(run_dir: Path, data_root: str | None = None) -> np.ndarray:
+    """The training windows ``(N, length, channels)`` of a run, rebuilt from its saved datamodule config."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(
+            f"Run '{run_dir.name}' has no config.yaml, so its training windows cannot be rebuilt; pass "
+            "reference=test (the test windows saved with the samples) or real_path=<real.npy> fake_path=...."
+        )
+    train_cfg = OmegaConf.load(cfg_path)
+    if "datamodule" not in train_cfg:
+        raise ValueError(f"config.yaml of run '{run_dir.name}' names no datamodule; pass reference=test or real_path=....")
+    if data_root is not None:
+        train_cfg.data_root = data_root
+    dm = instantiate(train_cfg.datamodule)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm.train_array("train")
+
+
 def newest_sample_dir(run_dir: Path, sample_id: str | None = None) -> Path:
     """``samples/<sample_id>`` of a run, or its newest sample folder holding a ``samples.npy``."""
     root = run_dir / "samples"
@@ -94,9 +126,12 @@ def free_path(path: Path) -> Path:
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """A fixed-width text table: metric, mean ± 95 % interval, std, runs, seconds."""
+    """A fixed-width text table: metric, mean ± 95 % interval, std, runs, seconds ("n/a": not applicable)."""
     rows = [("metric", "mean ± ci95", "std", "runs", "seconds")]
     for name, r in results.items():
+        if r["mean"] is None:
+            rows.append((name, "n/a", "n/a", str(len(r["runs"])), f"{r['seconds']:.1f}"))
+            continue
         rows.append((name, f"{r['mean']:.4f} ± {r['ci95']:.4f}", f"{r['std']:.4f}", str(len(r["runs"])), f"{r['seconds']:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
@@ -150,15 +185,22 @@ def run(cfg: Any) -> dict[str, Any]:
     elif model_id:
         run_dir = resolve_run_dir(model_id, _cfg_get(cfg, "runs_dir", "lightning_logs"))
         sample_dir = newest_sample_dir(run_dir, _cfg_get(cfg, "sample_id"))
-        if not (sample_dir / "real.npy").is_file():
+        if str(_cfg_get(cfg, "reference", "train")) == "test" and not (sample_dir / "real.npy").is_file():
             raise FileNotFoundError(
                 f"{sample_dir} has samples.npy but no real.npy (the real windows to compare with). Re-run the sample "
                 "command, or pass real_path=<real.npy> fake_path=" + str(sample_dir / "samples.npy")
             )
+        reference = str(_cfg_get(cfg, "reference", "train"))
+        if reference not in ("train", "test"):
+            raise ValueError(f"reference must be 'train' (the run's training windows, Diffusion-TS) or 'test'; got {reference!r}.")
         fake = _load_npy(sample_dir / "samples.npy", "samples.npy")
-        real = _load_npy(sample_dir / "real.npy", "real.npy")
-        default_out = sample_dir / "evaluation.json"
-        source = {"model_id": run_dir.name, "sample_id": sample_dir.name, "sample_dir": str(sample_dir)}
+        if reference == "train":
+            real = run_training_windows(run_dir, _cfg_get(cfg, "data_root"))
+        else:
+            real = _load_npy(sample_dir / "real.npy", "real.npy")
+        default_out = sample_dir / ("evaluation.json" if reference == "train" else "evaluation-test.json")
+        source = {"model_id": run_dir.name, "sample_id": sample_dir.name, "sample_dir": str(sample_dir),
+                  "reference": reference}
     else:
         raise ValueError(
             "nothing to evaluate: pass model_id=<run_id|latest> (with runs_dir=...) or real_path=<real.npy> fake_path=<fake.npy>."
@@ -176,6 +218,9 @@ def run(cfg: Any) -> dict[str, Any]:
 
     def progress(name: str, res: dict[str, Any]) -> None:
         for key, r in res.items():
+            if r["mean"] is None:
+                log.info("%s: n/a (not applicable to this data)", key)
+                continue
             log.info("%s: %.5f ± %.5f (%d runs, %.1f s)", key, r["mean"], r["ci95"], len(r["runs"]), r["seconds"])
 
     results = evaluate_generation(
@@ -212,6 +257,8 @@ def run(cfg: Any) -> dict[str, Any]:
         logger.log_hyperparams({"mode": mode, "seed": record["seed"], "scale": record["scale"], **source})
         flat = {}
         for key, r in results.items():
+            if r["mean"] is None:  # not applicable (e.g. correlational with one channel)
+                continue
             flat[f"eval/{key}"] = r["mean"]
             flat[f"eval/{key}_ci95"] = r["ci95"]
             flat[f"eval/{key}_seconds"] = r["seconds"]
