@@ -62,14 +62,16 @@ def test_discriminative_width_floor_lets_one_channel_learn():
     assert np.mean([r["score"] for r in floor]) > np.mean([r["score"] for r in timegan]) + 0.1
 
 
-def test_discriminative_many_equals_one_set_at_a_time():
-    real, a, b = sines(60, seed=0), sines(40, seed=1), sines(40, shift=0.3, seed=2)
+@pytest.mark.parametrize("channels", [1, 28])  # 28 channels: width 14, the 6 blocks train in 2 passes
+def test_discriminative_many_equals_one_set_at_a_time(channels):
+    real, a, b = (sines(60, 6, channels, seed=0), sines(40, 6, channels, seed=1),
+                  sines(40, 6, channels, shift=0.3, seed=2))
     kw = dict(iterations=5, batch_size=8)
-    both = M.discriminative_scores_many(real, [a, b], [3, 4], **kw)
-    alone = M.discriminative_scores(real, b, [3, 4], **kw)
+    both = M.discriminative_scores_many(real, [a, b], [3, 4, 5], **kw)
+    alone = M.discriminative_scores(real, b, [3, 4, 5], **kw)
     assert [r["accuracy"] for r in both[1]] == pytest.approx([r["accuracy"] for r in alone], abs=1e-9)
     with pytest.raises(ValueError, match="too few"):
-        M.discriminative_scores(real, sines(2, seed=3), [0], train_fraction=0.4)
+        M.discriminative_scores(real, sines(2, 6, channels, seed=3), [0], train_fraction=0.4)
 
 
 # ----------------------------------------------------------------------------- correlational, KL

@@ -18,8 +18,8 @@ Two ways to name the data (``cfg`` is the Hydra config of ``conf/evaluate.yaml``
 
   Both are in the datamodule's standardized space, like the samples.
 
-Results go to ``results_path`` (default: ``evaluation.json`` beside the samples, or in the working
-directory for ``.npy`` inputs) with an atomic write. An existing file is never overwritten silently: unless
+Results go to ``results_path`` (default: ``evaluation.json`` beside the samples, ``evaluation-test.json``
+with ``reference=test``, or ``evaluation.json`` in the working directory for ``.npy`` inputs) with an atomic write. An existing file is never overwritten silently: unless
 ``overwrite=true``, a new name (``evaluation-1.json``, ...) is chosen and printed.
 """
 
