@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tsdiff.data.errors import DataFormatError, DatasetUnavailableError
 from tsdiff.data.kaggle import download_kaggle_dataset, missing_files, unavailable_message
+from tsdiff.data.quality import check_training_data
 from tsdiff.data.specs import DatasetSpec, get_spec
 
 __all__ = ["Scaler", "WindowDataset", "TimeSeriesDataModule", "sliding_windows"]
@@ -280,6 +281,7 @@ class TimeSeriesDataModule(pl.LightningDataModule):
                 )
         self._windows = windows
         self._n_channels = int(n_channels)
+        check_training_data(train_raw, windows.get("train"), self.dataset_name)  # warnings only
         log.info(
             "%s: %s windows of length %d with %d channels",
             self.dataset_name,

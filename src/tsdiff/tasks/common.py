@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tsdiff.runs import atomic_path, checkpoint_path
+from tsdiff.runs import RunFileError, atomic_path, checkpoint_path, read_run_info
 
 log = logging.getLogger("tsdiff")
 
@@ -105,6 +105,13 @@ def make_atomic_checkpoint_callback(dirpath: Path):
         def on_fit_end(self, trainer, pl_module):
             self._save(trainer)
 
+        def on_exception(self, trainer, pl_module, exception):
+            # SIGTERM: Lightning stops at a batch boundary (every rank together), so the state is consistent
+            from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+            if isinstance(exception, SIGTERMException) and trainer.global_step > 0:
+                self._save(trainer)
+
     return AtomicLastCheckpoint(dirpath)
 
 
@@ -130,27 +137,66 @@ def instantiate_model(train_cfg: DictConfig, model_kwargs: dict[str, Any]):
     return instantiate(model_cfg, **model_kwargs)
 
 
+def load_run_config(run_dir: Path) -> DictConfig:
+    """A run's saved ``config.yaml``; :class:`RunFileError` naming the file when it is missing or corrupt."""
+    cfg_path = Path(run_dir) / "config.yaml"
+    if not cfg_path.is_file():
+        raise RunFileError(f"Run '{Path(run_dir).name}' has no config.yaml ({cfg_path}); it was not created by tsdiff's train command.")
+    try:
+        cfg = OmegaConf.load(cfg_path)
+    except Exception as err:  # yaml.YAMLError and OmegaConf's grammar errors have no common base
+        raise RunFileError(
+            f"{cfg_path} is corrupt ({type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''}); "
+            f"restore it, or delete the run folder {run_dir} and retrain."
+        ) from None
+    if not isinstance(cfg, DictConfig) or (cfg.get("model") is None and cfg.get("score_model") is None):
+        raise RunFileError(f"{cfg_path} does not describe a model (no 'model' or 'score_model' entry); restore it or retrain.")
+    return cfg
+
+
+def _state_dict_mismatch(err: RuntimeError) -> str:
+    """A short summary of a ``load_state_dict`` error (counts and a few key names, not every key)."""
+    import re
+
+    text = str(err)
+    parts = []
+    for line in text.splitlines():
+        for label, word in (("Missing key(s)", "missing"), ("Unexpected key(s)", "unexpected")):
+            if label in line:
+                keys = re.findall(r'"([^"]+)"', line)
+                more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+                parts.append(f"{len(keys)} {word} weights ({', '.join(keys[:3])}{more})")
+    shapes = re.findall(r"size mismatch for ([^:]+):", text)
+    if shapes:
+        more = f" and {len(shapes) - 3} more" if len(shapes) > 3 else ""
+        parts.append(f"{len(shapes)} weights of another shape ({', '.join(shapes[:3])}{more})")
+    return "; ".join(parts) or text.splitlines()[0][:200]
+
+
 def load_run_model(run_dir: Path, device: str | torch.device = "cpu"):
     """Rebuild a run's model from its saved config and load its checkpoint weights (safely).
 
     Returns ``(model, train_cfg, run_info)``.
     """
-    import json
+    from hydra.errors import InstantiationException
 
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"Run '{run_dir.name}' has no config.yaml; it was not created by tsdiff's train command.")
-    train_cfg = OmegaConf.load(cfg_path)
-    info = json.loads((run_dir / "run.json").read_text())
-    model = instantiate_model(train_cfg, info.get("model_kwargs", {}))
+    train_cfg = load_run_config(run_dir)
+    info = read_run_info(run_dir)
+    try:
+        model = instantiate_model(train_cfg, info.get("model_kwargs", {}))
+    except InstantiationException as err:
+        raise RunFileError(
+            f"{Path(run_dir) / 'config.yaml'} does not build a model ({str(err).splitlines()[0][:160]}); "
+            "restore the run's config.yaml or retrain."
+        ) from None
     state = load_checkpoint_state(checkpoint_path(run_dir), map_location="cpu")
     try:
         model.load_state_dict(state["state_dict"], strict=True)
     except RuntimeError as err:
-        first = [line.strip() for line in str(err).splitlines() if line.strip()][:4]
         raise CheckpointError(
-            f"The config of run '{run_dir.name}' does not match its checkpoint: " + " ".join(first)
-            + " -- the run folder was edited or mixes two runs; retrain or restore config.yaml."
+            f"The config of run '{Path(run_dir).name}' does not match its checkpoint {checkpoint_path(run_dir)}: "
+            f"{_state_dict_mismatch(err)}. The run folder was edited or mixes two runs; restore config.yaml and "
+            "last.ckpt of the same run, or retrain."
         ) from None
     model.to(device).eval()
     return model, train_cfg, info
