@@ -306,6 +306,11 @@ class TimeSeriesDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        if generator is not None:
+            resumed = getattr(self, "_resume_generator_state", None)
+            if resumed is not None:  # a resumed run continues the shuffling where the checkpoint left it
+                generator.set_state(resumed)
+            self._train_generator = generator
         return DataLoader(
             WindowDataset(self._get(split)),
             batch_size=self.batch_size,
@@ -315,6 +320,14 @@ class TimeSeriesDataModule(pl.LightningDataModule):
             drop_last=self.drop_last and shuffle,
             persistent_workers=self.num_workers > 0,
         )
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints by Lightning: the shuffling generator, so a resumed run sees the same batches."""
+        generator = getattr(self, "_train_generator", None)
+        return {"train_generator": generator.get_state()} if generator is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_generator_state = state_dict.get("train_generator")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tsdiff.results import free_path
 from tsdiff.runs import RunFileError, atomic_path, checkpoint_path, read_run_info
 
 log = logging.getLogger("tsdiff")
@@ -50,7 +51,8 @@ def build_logger(logger_cfg: DictConfig | None, run_id: str, run_dir: Path, proj
     if kind == "csv":
         from pytorch_lightning.loggers import CSVLogger
 
-        return CSVLogger(save_dir=str(run_dir), name="", version="csv")
+        # a resumed run logs to csv-1/, csv-2/, ...: Lightning's CSV writer would replace the earlier metrics.csv
+        return CSVLogger(save_dir=str(run_dir), name="", version=free_path(Path(run_dir) / "csv").name)
     if kind == "wandb":
         from pytorch_lightning.loggers import WandbLogger
 
@@ -105,6 +107,15 @@ def make_atomic_checkpoint_callback(dirpath: Path):
         def on_fit_end(self, trainer, pl_module):
             self._save(trainer)
 
+        # Random-number state in the checkpoint, restored on resume, so that a resumed run draws the same data
+        # order and diffusion noise as an uninterrupted one (Lightning saves no RNG state by itself).
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            checkpoint["tsdiff_rng"] = _rng_state()
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+            if "tsdiff_rng" in checkpoint:
+                _set_rng_state(checkpoint["tsdiff_rng"])
+
         def on_exception(self, trainer, pl_module, exception):
             # SIGTERM: Lightning stops at a batch boundary (every rank together), so the state is consistent
             from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -113,6 +124,34 @@ def make_atomic_checkpoint_callback(dirpath: Path):
                 self._save(trainer)
 
     return AtomicLastCheckpoint(dirpath)
+
+
+def _rng_state() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and Python RNG states as plain types (loadable with weights_only=True)."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_checkpoint_state(ckpt: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -31,7 +31,6 @@ import signal
 import socket
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -225,9 +224,7 @@ def _fit(cfg, model, dm, run_id, run_dir: Path, ckpt_path: Path | None, interrup
     )
     start_step = load_step(ckpt_path)
     start = time.perf_counter()
-    with interrupt, warnings.catch_warnings():
-        # a resumed CSV log appends to metrics.csv (Lightning's note that it "will be deleted" is wrong here)
-        warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted.*")
+    with interrupt:
         # weights_only: safe loading of the checkpoint Lightning restores on resume
         trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
     fit_s = time.perf_counter() - start
