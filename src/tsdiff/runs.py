@@ -158,7 +158,7 @@ def process_alive(info: dict[str, Any]) -> bool:
 
 
 def resolve_run_dir(model_id: str | None, root: str | os.PathLike = DEFAULT_ROOT, quiet: bool = False,
-                    require: str = "any") -> Path:
+                    require: str = "any", key: str = "model_id") -> Path:
     """Folder of run ``model_id`` under ``root``; ``latest`` picks the newest usable run (see :func:`run_problem`).
 
     ``latest`` prints which run it picked and which newer ones it skipped (and why). Raises
@@ -170,7 +170,7 @@ def resolve_run_dir(model_id: str | None, root: str | os.PathLike = DEFAULT_ROOT
             "No model_id given. Pass model_id=<run_id> (a folder name under "
             f"{root}/) or model_id=latest."
         )
-    model_id = check_run_id(model_id)
+    model_id = check_run_id(model_id, key)
     runs = list_runs(root)
     if model_id == "latest":
         skipped = []
@@ -180,20 +180,20 @@ def resolve_run_dir(model_id: str | None, root: str | os.PathLike = DEFAULT_ROOT
                 if not quiet:
                     status = describe_status(read_run_info(run_dir))
                     note = f"; skipped newer: {', '.join(skipped)}" if skipped else ""
-                    print(f"[tsdiff] model_id=latest -> run '{run_dir.name}' ({status}){note}", flush=True)
+                    print(f"[tsdiff] {key}=latest -> run '{run_dir.name}' ({status}){note}", flush=True)
                 return run_dir
             skipped.append(f"{run_dir.name} ({problem})")
         detail = f" (skipped: {', '.join(skipped)})" if skipped else ""
         raise RunNotFoundError(
-            f"model_id=latest but there is no run under '{root.resolve()}' with a usable {'checkpoint' if require == 'checkpoint' else 'checkpoint or samples' if require == 'any' else 'samples'}{detail}. "
+            f"{key}=latest but there is no run under '{root.resolve()}' with a usable {'checkpoint' if require == 'checkpoint' else 'checkpoint or samples' if require == 'any' else 'samples'}{detail}. "
             "Train one first with `python cmd/train.py` (or resume one with resume=<run_id>), or point runs_dir=<folder> at your runs."
         )
     run_dir = root / model_id
     if not (run_dir / "run.json").is_file():
         known = ", ".join(p.name for p in runs[-10:]) or "none"
         raise RunNotFoundError(
-            f"Unknown model_id '{model_id}': no run folder '{run_dir}' with a run.json. "
-            f"Known runs under '{root}': {known}. Use one of them or model_id=latest."
+            f"Unknown {key} '{model_id}': no run folder '{run_dir}' with a run.json. "
+            f"Known runs under '{root}': {known}. Use one of them or {key}=latest."
         )
     return run_dir
 

@@ -160,7 +160,7 @@ def load_checkpoint_state(ckpt: Path, map_location: str | torch.device = "cpu") 
         state = torch.load(ckpt, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(
-            f"Checkpoint {ckpt} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            f"Checkpoint {ckpt} cannot be loaded ({type(err).__name__}: {str(err).split('. ')[0][:120]}). "
             "It is corrupt or not a tsdiff checkpoint; retrain, or pick another model_id."
         ) from None
     if not isinstance(state, dict) or "state_dict" not in state:

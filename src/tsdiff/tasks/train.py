@@ -105,7 +105,7 @@ def _cli_overrides() -> list[str]:
 
 def _resume_config(cfg: DictConfig) -> tuple[DictConfig, Path, dict[str, Any]]:
     """The saved config of run ``cfg.resume`` with the allowed ``trainer.*`` / ``logger`` overrides applied."""
-    run_dir = resolve_run_dir(cfg.resume, cfg.runs_dir, quiet=not is_global_zero(), require="checkpoint")
+    run_dir = resolve_run_dir(cfg.resume, cfg.runs_dir, quiet=not is_global_zero(), require="checkpoint", key="resume")
     info = read_run_info(run_dir)
     if is_global_zero() and info.get("status") == "training" and process_alive(info) and info.get("pid") != os.getpid():
         raise ConfigError(f"run '{run_dir.name}' is still training (process {info.get('pid')}); wait for it or stop it first.")

@@ -71,7 +71,7 @@ def _bool(null: bool = False) -> Callable[[Any], str | None]:
 
 
 def _choice(*options: Any) -> Callable[[Any], str | None]:
-    return lambda v: None if v in options else "must be one of " + ", ".join(str(o) for o in options)
+    return lambda v: None if v in options else "must be one of " + ", ".join("null" if o is None else str(o) for o in options)
 
 
 def _ints(lo: int = 1) -> Callable[[Any], str | None]:
@@ -101,6 +101,23 @@ def _devices(v: Any) -> str | None:
     if isinstance(v, str) and all(p.strip().isdigit() for p in v.strip(",").split(",") if p.strip()):
         return None
     return "must be auto, a number of devices or a list of device indices"
+
+
+def _device(v: Any) -> str | None:
+    """``auto`` or a torch device this machine has (``cpu``, ``cuda:0`` with a GPU present, ...)."""
+    import torch
+
+    if v == "auto":
+        return None
+    try:
+        dev = torch.device(str(v))
+    except (RuntimeError, TypeError):
+        return "must be auto or a torch device name such as cpu or cuda:0"
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        return f"is not available on this machine ({torch.cuda.device_count()} CUDA devices); use device=cpu or device=auto"
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        return "is not available on this machine; use device=cpu or device=auto"
+    return None
 
 
 _CACHE = {
@@ -147,7 +164,7 @@ _SAMPLING = {
     "num_samples": _int(1),
     "num_diffusion_steps": _int(1),
     "num_directions": _int(1),
-    "device": lambda v: None if isinstance(v, str) and v else "must be a device name such as auto, cpu or cuda:0",
+    "device": _device,
     "num_threads": _int(1, null=True),
 }
 
@@ -160,7 +177,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     },
     "evaluate": {
         **_SEED, **_LOGGER, "mode": _choice("paper", "fast"), "num_runs": _int(1, null=True), "scale": _choice("minmax", "none"),
-        "num_threads": _int(1, null=True), "overwrite": _bool(),
+        "num_threads": _int(1, null=True), "overwrite": _bool(), "device": _device,
     },
     "benchmark_cache": {
         **_SEED, **_SAMPLING, **_CACHE, "repeats": _int(1), "warmup": _int(0), "sweep_repeats": _int(1), "num_seeds": _int(1),
