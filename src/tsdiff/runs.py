@@ -4,7 +4,8 @@ Layout of one run (``<root>`` is ``lightning_logs`` unless configured otherwise)
 
     <root>/<run_id>/
         config.yaml                  resolved Hydra config of the training run
-        run.json                     run id, creation time, model target, data facts
+        run.json                     run id, creation time, model target, data facts, status
+                                     (training | interrupted | failed | done), last_step, resumes
         checkpoints/last.ckpt        Lightning checkpoint (loaded with weights_only=True)
         samples/<sample_id>/
             samples.npy              (num_samples, length, channels) float32, in the datamodule's
@@ -12,8 +13,11 @@ Layout of one run (``<root>`` is ``lightning_logs`` unless configured otherwise)
             config.yaml              resolved config of the sampling command
             metrics.json             evaluation results
 
-Nothing here ever overwrites a file that a user already has: new folders get fresh ids, and every
-file is written to a temporary name in the same folder and renamed into place.
+Nothing here ever overwrites a file that a user already has: new folders get fresh ids, result files go
+through :func:`tsdiff.results.write_result` (atomic, a free name when taken), and the files a run owns
+(``run.json``, ``config.yaml``) are replaced atomically. Run ids are plain folder names directly under the
+runs folder (:func:`check_run_id`: no ``/``, ``..`` or hidden names), and ``latest`` means the newest run
+that can actually be used (:func:`run_problem`), printing what it skipped.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def _cli_overrides() -> list[str]:
         return []
 
 
-def _resume_config(cfg: DictConfig) -> tuple[DictConfig, Path, dict[str, Any]]:
+def _resume_config(cfg: DictConfig) -> tuple[DictConfig, Path, dict[str, Any], list[str]]:
     """The saved config of run ``cfg.resume`` with the allowed ``trainer.*`` / ``logger`` overrides applied."""
     run_dir = resolve_run_dir(cfg.resume, cfg.runs_dir, quiet=not is_global_zero(), require="checkpoint", key="resume")
     info = read_run_info(run_dir)
@@ -134,7 +134,7 @@ def _resume_config(cfg: DictConfig) -> tuple[DictConfig, Path, dict[str, Any]]:
         )
     OmegaConf.update(saved, "resume", run_dir.name, force_add=True)
     OmegaConf.update(saved, "runs_dir", str(cfg.runs_dir), force_add=True)
-    return saved, run_dir, info
+    return saved, run_dir, info, changed
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     resuming = bool(cfg.get("resume"))
     if resuming:
-        cfg, run_dir, info = _resume_config(cfg)
+        cfg, run_dir, info, changed = _resume_config(cfg)
         run_id = run_dir.name
         inherited = True
     else:
@@ -175,7 +175,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     if is_global_zero():
         if resuming:
-            info = update_run_info(run_dir, status="training", resumed=[*info.get("resumed", []), utc_now()],
+            info = update_run_info(run_dir, status="training", resumed=[*info.get("resumed", []), {"at": utc_now(), "overrides": changed}],
                                    pid=os.getpid(), host=socket.gethostname())
         else:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
