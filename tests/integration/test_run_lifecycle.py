@@ -151,3 +151,27 @@ def test_resume_refuses_changes_to_the_model(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         run_task(run, compose_cfg("train", [f"runs_dir={tmp_path}", "resume=done1"]))
     assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_two_process_ddp_with_the_wandb_logger_is_clean_on_every_rank(tmp_path):
+    """Issue 18: rank 1 used to raise on the wandb summary write (and still exit 0); ranks printed different losses."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo / "src"), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "HOME": str(tmp_path / "home")}
+    proc = subprocess.run(
+        [sys.executable, str(repo / "cmd" / "train.py"), f"runs_dir={tmp_path / 'runs'}", "run_id=ddp", "trainer=ddp",
+         "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+         "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+         "datamodule=synthetic", "datamodule.n_samples=400", *TINY_SCORE],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "TypeError" not in proc.stderr
+    finals = [line for line in proc.stdout.splitlines() if "val/loss:" in line]
+    assert len(finals) == 1, proc.stdout  # one report (rank 0), averaged over the ranks
+    assert _info(tmp_path / "runs" / "ddp")["status"] == "done"
+    assert not (tmp_path / "runs" / ".hydra").exists() and not list(tmp_path.glob("*.log"))

@@ -53,8 +53,28 @@ def one_line(err: BaseException) -> str:
     return f"tsdiff error ({type(cause).__name__}): {text}"
 
 
+_task_started = False
+
+
+def main_guard(hydra_main: Callable[[], Any]) -> None:
+    """Run a ``cmd/*.py`` Hydra main; a bad override that Hydra itself rejects (unknown key, syntax) exits with
+    status 2 like every other user error. Hydra reports those with exit status 1 before the task starts; a
+    crash inside the task (a bug: traceback shown) keeps status 1."""
+    try:
+        hydra_main()
+    except SystemExit as exit_:
+        if exit_.code == 1 and not _task_started:
+            print("tsdiff error (override): Hydra rejected the command line (see above); fix the override, e.g. use "
+                  "+key=value to add a key the config does not have.", file=sys.stderr, flush=True)
+            sys.exit(USER_ERROR_EXIT)
+        raise
+
+
 def run_task(fn: Callable[[Any], Any], cfg: Any) -> Any:
     from tsdiff.results import track_new_dirs
+
+    global _task_started
+    _task_started = True
     from tsdiff.tasks.validate import command_of, validate
 
     try:

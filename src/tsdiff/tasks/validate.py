@@ -272,7 +272,11 @@ def _check_train(cfg: DictConfig) -> None:
     run_id, resume = _get(cfg, "run_id"), _get(cfg, "resume")
     if resume not in (_MISSING, None, "") and run_id not in (_MISSING, None, "") and str(run_id) != str(resume):
         raise ConfigError(f"run_id={run_id} and resume={resume} disagree; resume=<run_id> alone continues that run.")
-    if resume in (_MISSING, None, "") and run_id not in (_MISSING, None, "") and (runs_dir / str(run_id)).exists():
+    from tsdiff.tasks.common import is_global_zero
+
+    # the other processes of a distributed run start after rank 0 made the folder: only rank 0 checks
+    if resume in (_MISSING, None, "") and run_id not in (_MISSING, None, "") and (runs_dir / str(run_id)).exists() \
+            and is_global_zero():
         raise ConfigError(
             f"run_id={run_id}: run folder {runs_dir / str(run_id)} already exists and tsdiff never overwrites a run; "
             f"continue it with resume={run_id}, or choose another run_id (or none for a fresh one)."
