@@ -242,9 +242,13 @@ def _check_model_run(cfg: DictConfig, command: str) -> None:
     if command == "evaluate" and (_get(cfg, "real_path") not in (_MISSING, None) or _get(cfg, "fake_path") not in (_MISSING, None)):
         return  # the task explains "model_id or real_path/fake_path, not both"
     run_dir = resolve_run_dir(model_id, _get(cfg, "runs_dir"), require="samples" if command == "evaluate" else "checkpoint")
+    info = read_run_info(run_dir)
     if str(model_id) == "latest":
         cfg.model_id = run_dir.name  # resolved once, with this command's needs (printed by resolve_run_dir)
-    info = read_run_info(run_dir)
+    elif command != "evaluate" and info.get("status", "done") != "done":
+        from tsdiff.runs import describe_status
+
+        print(f"[tsdiff] note: run '{run_dir.name}' is {describe_status(info)}; using its last checkpoint", flush=True)
     if command == "evaluate":
         return  # evaluate reads the run's samples, not its model
     train_cfg = load_run_config(run_dir)
