@@ -13,4 +13,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tsdiff.tasks.cli import main_guard
+
+    main_guard(main)

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tsdiff.data.errors import DataFormatError, DatasetUnavailableError
 from tsdiff.data.kaggle import download_kaggle_dataset, missing_files, unavailable_message
+from tsdiff.data.quality import check_training_data
 from tsdiff.data.specs import DatasetSpec, get_spec
 
 __all__ = ["Scaler", "WindowDataset", "TimeSeriesDataModule", "sliding_windows"]
@@ -280,6 +281,7 @@ class TimeSeriesDataModule(pl.LightningDataModule):
                 )
         self._windows = windows
         self._n_channels = int(n_channels)
+        check_training_data(train_raw, windows.get("train"), self.dataset_name)  # warnings only
         log.info(
             "%s: %s windows of length %d with %d channels",
             self.dataset_name,
@@ -304,6 +306,11 @@ class TimeSeriesDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        if generator is not None:
+            resumed = getattr(self, "_resume_generator_state", None)
+            if resumed is not None:  # a resumed run continues the shuffling where the checkpoint left it
+                generator.set_state(resumed)
+            self._train_generator = generator
         return DataLoader(
             WindowDataset(self._get(split)),
             batch_size=self.batch_size,
@@ -313,6 +320,14 @@ class TimeSeriesDataModule(pl.LightningDataModule):
             drop_last=self.drop_last and shuffle,
             persistent_workers=self.num_workers > 0,
         )
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints by Lightning: the shuffling generator, so a resumed run sees the same batches."""
+        generator = getattr(self, "_train_generator", None)
+        return {"train_generator": generator.get_state()} if generator is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_generator_state = state_dict.get("train_generator")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

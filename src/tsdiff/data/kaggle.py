@@ -30,6 +30,8 @@ from tsdiff.data.errors import DatasetUnavailableError
 
 __all__ = ["load_kaggle_api", "download_kaggle_dataset", "unavailable_message", "missing_files"]
 
+from tsdiff.results import make_dirs
+
 log = logging.getLogger(__name__)
 
 
@@ -118,7 +120,7 @@ def download_kaggle_dataset(
     data_dir = Path(data_dir)
     if api is None:
         api = load_kaggle_api(slug, data_dir, expected_files)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(data_dir)  # removed again by the command wrapper if the download fails and leaves it empty
     log.info("Downloading Kaggle data set %s into %s", slug, data_dir)
     try:
         api.dataset_download_files(slug, path=str(data_dir), unzip=True)

@@ -46,7 +46,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tsdiff.runs import atomic_path, atomic_write_json, new_child_dir, resolve_run_dir
+from tsdiff.results import free_path, write_result
+from tsdiff.runs import new_child_dir, resolve_run_dir
 from tsdiff.tasks.common import format_table, load_run_model
 from tsdiff.utils import resolve_device
 
@@ -163,9 +164,10 @@ def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    try:
+        write_result(path, fig)  # never over an existing file: a free name beside it is used and printed
+    finally:
+        plt.close(fig)
 
 
 def write_outputs(cfg: DictConfig, run_dir: Path, kind: str, result: dict[str, Any]) -> tuple[Path, Path]:
@@ -174,9 +176,8 @@ def write_outputs(cfg: DictConfig, run_dir: Path, kind: str, result: dict[str, A
     if not results_path:
         out_dir = new_child_dir(run_dir / "benchmarks", prefix=f"{kind}-")
         results_path = out_dir / "results.json"
-    results_path = Path(results_path)
-    plot_path = cfg.get("plot_path") or results_path.with_suffix(".png")
-    atomic_write_json(results_path, result)
+    results_path = write_result(Path(results_path), result)  # the name written (a free one if taken)
+    plot_path = cfg.get("plot_path") or free_path(results_path.with_suffix(".png"))
     return results_path, Path(plot_path)
 
 

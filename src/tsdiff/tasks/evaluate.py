@@ -34,7 +34,8 @@ import numpy as np
 
 from tsdiff import __version__
 from tsdiff.metrics import evaluate_generation, resolve_metrics
-from tsdiff.runs import atomic_write_json, new_run_id, resolve_run_dir, utc_now
+from tsdiff.results import write_result
+from tsdiff.runs import new_run_id, resolve_run_dir, utc_now
 from tsdiff.tasks.common import log_metrics
 
 log = logging.getLogger(__name__)
@@ -209,9 +210,7 @@ def run(cfg: Any) -> dict[str, Any]:
     metrics = resolve_metrics(_to_container(_cfg_get(cfg, "metrics", "all")))
     mode = str(_cfg_get(cfg, "mode", "paper"))
     requested = Path(_cfg_get(cfg, "results_path", default_out)).expanduser()
-    out_path = requested if bool(_cfg_get(cfg, "overwrite", False)) else free_path(requested)
-    if out_path != requested:
-        print(f"[evaluate] {requested} already exists; writing to {out_path} instead (set overwrite=true to replace it).")
+    out_path = requested  # the name actually written is decided (and printed) at write time
     run_name = f"evaluate-{source.get('model_id', 'npy')}-{new_run_id(length=6)}"
     log_dir = Path(_cfg_get(cfg, "log_dir", out_path.parent / "logs")) / run_name  # fresh folder: nothing overwritten
     logger = _make_logger(cfg, log_dir, run_name)
@@ -249,7 +248,8 @@ def run(cfg: Any) -> dict[str, Any]:
         "total_seconds": float(sum({r["metric"]: r["seconds"] for r in results.values()}.values())),
         "results": results,
     }
-    atomic_write_json(out_path, record)
+    # never over an existing file unless overwrite=true: a free name beside it is used and printed
+    out_path = write_result(requested, record, overwrite=bool(_cfg_get(cfg, "overwrite", False)))
     record["results_path"] = str(out_path)
     print(format_table(results))
     print(f"[evaluate] results written to {out_path}")

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tsdiff.runs import atomic_write_json, new_child_dir, resolve_run_dir, utc_now
+from tsdiff.results import make_dirs, write_result
+from tsdiff.runs import new_child_dir, resolve_run_dir, utc_now
 from tsdiff.sampling.forecast import sample_forecasts
 
 log = logging.getLogger("tsdiff")
@@ -219,8 +220,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm.prepare_data()
     dm.setup("fit")
     if cfg.get("output_dir"):
-        out_dir = Path(cfg.output_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = make_dirs(cfg.output_dir)  # removed again if the command fails and leaves it empty
     elif cfg.get("model_id"):
         out_dir = new_child_dir(resolve_run_dir(cfg.model_id, cfg.runs_dir) / "forecasts")
     else:
@@ -267,7 +267,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"{name}: MSE {100 * v['mse_rel_diff']:+.2f}% vs {ref}, {v['speedup']:.2f}x faster", flush=True)
     for row in result["timing"]:
         print("timing " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-    path = atomic_write_json(out_dir / "forecast.json", result)
+    path = write_result(out_dir / "forecast.json", result)  # a free name if output_dir already holds one
     result["output"] = str(path)
     print(f"results: {path}", flush=True)
     return result

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tsdiff.runs import atomic_save_npy, atomic_write_json, new_child_dir, resolve_run_dir
-from tsdiff.tasks.common import build_logger, format_table, load_run_model, log_metrics, save_config
+from tsdiff.results import write_result
+from tsdiff.runs import new_child_dir, resolve_run_dir
+from tsdiff.tasks.common import build_logger, format_table, load_run_model, log_metrics
 from tsdiff.utils import resolve_device
 
 _MAX_GAUSSIAN_FULL_DIM = 2048
@@ -164,10 +165,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         quality = quality_report(train, sets, qcfg, int(cfg.seed), str(device))
 
     out_dir = new_child_dir(run_dir / "samples")
-    atomic_save_npy(out_dir / "samples.npy", fake)
-    atomic_save_npy(out_dir / "samples_original_units.npy", np.asarray(dm.scaler.inverse_transform(fake), dtype=np.float32))
-    atomic_save_npy(out_dir / "real.npy", real.astype(np.float32))
-    save_config(cfg, out_dir / "config.yaml")
+    write_result(out_dir / "samples.npy", fake)
+    write_result(out_dir / "samples_original_units.npy", np.asarray(dm.scaler.inverse_transform(fake), dtype=np.float32))
+    write_result(out_dir / "real.npy", real.astype(np.float32))
+    write_result(out_dir / "config.yaml", cfg)
     result = {
         "run_id": run_dir.name,
         "sample_dir": str(out_dir),
@@ -178,9 +179,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "metrics": metrics,
         "metrics_reference": "test split (secondary: cannot rank generators, see the module docstring)",
     }
-    atomic_write_json(out_dir / "metrics.json", result)
-    if cfg.get("results_path"):
-        atomic_write_json(Path(cfg.results_path), result)
+    write_result(out_dir / "metrics.json", result)
+    if cfg.get("results_path"):  # never over an existing file: a free name beside it is used and printed
+        result["results_path"] = str(write_result(Path(cfg.results_path), result))
 
     if quality is not None:
         print(quality["text"], flush=True)
