@@ -45,6 +45,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from tsdiff.caching.interface import CacheInterface, as_token_network
 from tsdiff.diffusion.fourier import noise_scale, unwhiten, whiten
 from tsdiff.diffusion.schedules import NoiseSchedule
 from tsdiff.utils import append_dims
@@ -98,10 +99,6 @@ class ScoreModule(pl.LightningModule):
         self.sample_shape = (max_len, n_channels)
         self.net_ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
         self.register_buffer("noise_scale", noise_scale(max_len), persistent=False)
-        #: optional replacement of the network call inside ``denoise`` with the same signature
-        #: ``(network_input, network_time) -> output``; a token-level cache policy installs itself here
-        #: for the duration of a sampling run (so preconditioning and representation stay in one place).
-        self.network_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         # per-component std of the training data in the diffusion variable (see fit_data_std)
         self.register_buffer("data_std", torch.ones(max_len, n_channels))
 
@@ -121,9 +118,11 @@ class ScoreModule(pl.LightningModule):
         """Time-domain batch -> diffusion variable (whitened frequency coordinates or ``x`` itself)."""
         return whiten(x) if self.fourier_transform else x
 
-    def decode_samples(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Diffusion variable -> time domain (what the sampler returns)."""
         return unwhiten(z) if self.fourier_transform else z
+
+    decode_samples = decode  # the name before the model contract (tsdiff.sampling.contract)
 
     @property
     def score_network(self) -> nn.Module:
@@ -169,15 +168,28 @@ class ScoreModule(pl.LightningModule):
             return (s / norm).expand(s.shape[0], *d.shape)
         return s * d / norm**2
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None, *,
+                network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """For the noisy diffusion variable ``x`` at times ``t``: the preconditioned data prediction
-        ``x0_hat`` (``parameterization="x0"``) or the predicted noise (``"eps"``)."""
-        net = self.network_hook if self.network_hook is not None else self.score_network
+        ``x0_hat`` (``parameterization="x0"``) or the predicted noise (``"eps"``). ``network`` replaces the
+        call ``F(y, t)`` of the score network (a cache wraps it this way; representation and
+        preconditioning stay here)."""
+        net = network if network is not None else self.score_network
         if self.parameterization == "eps":
             return net(self.network_input(x), self.schedule.network_time(t))
         alpha, c_skip, c_out, c_in = self.preconditioning(t, x.ndim)
         x_scaled = x / alpha
         return c_skip * x_scaled + c_out * net(self.network_input(c_in * x_scaled), self.schedule.network_time(t))
+
+    def cache_interface(self) -> CacheInterface:
+        """What a cache may use (:mod:`tsdiff.caching.interface`): the network and its token blocks
+        (transformer only; other backbones get step-level reuse), and the pricing inputs."""
+        net = self.score_network
+        return CacheInterface(
+            denoise_with=lambda x, t, cond, network: self.denoise(x, t, cond, network=network),
+            network=net, length=self.sample_shape[0], tokens=as_token_network(net), data_std=self.data_std,
+            output_sensitivity=self.output_sensitivity, frequency_domain=bool(self.fourier_transform),
+        )
 
     # ------------------------------------------------------------------ training
     def diffusion_loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
