@@ -71,10 +71,16 @@ def _one_thread():
     torch.set_num_threads(prev)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _hydra():
+    """One Hydra context for the module (initializing it per compose is the slow part)."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        yield
+
+
 def _build(name: str):
     fam = FAMILIES[name]
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=fam.overrides)
+    cfg = compose(config_name="train", overrides=fam.overrides)
     torch.manual_seed(0)
     node = cfg.model if cfg.get("model") is not None else cfg.score_model
     return instantiate(node, **fam.data), fam
