@@ -5,19 +5,18 @@ tiny overrides, a batch and, for conditional models, a condition). Only public c
 ``denoise`` and the contract members are used, so the checks survive internal refactors."""
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra.utils import instantiate
 
 from tsdiff.caching import E2CRFCache, StepE2CRF
 from tsdiff.sampling import DiffusionSampler
 from tsdiff.sampling.contract import Codec, DeclaresCache, DiffusionModel, declares
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+pytestmark = pytest.mark.usefixtures("one_thread", "hydra_conf")
 N, STEPS = 3, 4
 TINY_SCORE = ["score_model.backbone.d_model=8", "score_model.backbone.num_layers=1"]
 TINY_TIMEDIFF = ["model.hidden=8", "model.cond_hidden=8", "model.step_sinusoid_dim=8", "model.step_hidden_dim=8",
@@ -61,21 +60,6 @@ FAMILIES = {
     "timediff-ci": Family(["model=timediff_ci", *TINY_TIMEDIFF], {"lookback": 16, "horizon": 8, "n_channels": 2},
                           _forecast_batch, _forecast_cond),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _hydra():
-    """One Hydra context for the module (initializing it per compose is the slow part)."""
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        yield
 
 
 def _build(name: str):

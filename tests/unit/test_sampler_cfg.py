@@ -2,11 +2,10 @@
 and guidance wired from the config."""
 
 import functools
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from omegaconf import OmegaConf
 
 from tsdiff.caching import E2CRFCache, NoCache, StepE2CRF, TokenE2CRF
@@ -15,28 +14,12 @@ from tsdiff.models.score_models import ScoreModule
 from tsdiff.nets.score_nets import TransformerScoreNet
 from tsdiff.tasks.sampler_cfg import build_sampler, num_steps
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+pytestmark = pytest.mark.usefixtures("one_thread", "hydra_conf")
 
 
 def constant_x0(x0, x_t, t, step, value):
     """A guidance hook for the test: replace the data prediction by a constant."""
     return torch.full_like(x0, value)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls when the CPU is shared with other processes."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _hydra():
-    """One Hydra context for the module (initializing it per compose is the slow part)."""
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        yield
 
 
 def _cfg(*overrides, name="sample"):
