@@ -18,9 +18,9 @@ from tsdiff.caching.pricing import ReusePricer, check_flag, check_number, warn_t
 
 
 def model_cache_interface(spec: Any) -> CacheInterface | None:
-    """The cache interface the sampled model declares (``DiffusionModelSpec.cache_interface``), if any."""
-    declare = getattr(spec, "cache_interface", None)
-    return declare() if callable(declare) else None
+    """The cache interface the sampled model declares, if any. ``spec`` is the sampler's
+    :class:`~tsdiff.sampling.denoiser.DiffusionModelSpec` (what ``CachePolicy.start`` receives)."""
+    return spec.cache_interface() if spec.cache_interface is not None else None
 
 
 class E2CRFPolicy(CachePolicy):
@@ -76,7 +76,7 @@ class E2CRFPolicy(CachePolicy):
         self._path = self._choose_path(self._iface)
         iface = self._iface
         self.pricer = ReusePricer(
-            schedule=getattr(denoiser, "schedule", None), parameterization=getattr(denoiser, "parameterization", "x0"),
+            schedule=denoiser.schedule, parameterization=denoiser.parameterization,
             output_sensitivity=iface.output_sensitivity if iface is not None else None,
             data_std=iface.data_std if iface is not None else None,
             per_sample=self._path in ("output", "network-output"), energy_weighting=self.energy_weighting,
