@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from tsdiff.tasks.bench_common import (
-    _env, benchmark_cache_config, container, interleaved_medians, load_model_and_data, make_sampler, quality_run, rel_l2,
+    benchmark_cache_config, env_info, container, interleaved_medians, load_model_and_data, make_sampler, quality_run, rel_l2,
     run_checked, save_figure, swd, write_outputs,
 )
 from tsdiff.tasks.common import format_table
@@ -103,7 +103,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         })
     result = {
         "run_id": run_dir.name, "batch_size": batch, "num_samples": int(cfg.num_samples), "num_diffusion_steps": steps,
-        "cache_kwargs": cache_options(kw), "repeats": int(cfg.repeats), "warmup": int(cfg.warmup), "env": _env(), "variants": rows,
+        "cache_kwargs": cache_options(kw), "repeats": int(cfg.repeats), "warmup": int(cfg.warmup), "env": env_info(), "variants": rows,
     }
     results_path, plot_path = write_outputs(cfg, run_dir, "ablation", result)
     _plot(rows, plot_path)

@@ -156,5 +156,5 @@ def write_outputs(cfg: DictConfig, run_dir: Path, kind: str, result: dict[str, A
     return results_path, Path(plot_path)
 
 
-def _env() -> dict[str, Any]:
+def env_info() -> dict[str, Any]:
     return {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__}

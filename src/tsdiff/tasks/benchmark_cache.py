@@ -44,7 +44,7 @@ import torch
 from omegaconf import DictConfig
 
 from tsdiff.tasks.bench_common import (
-    _env, benchmark_cache_config, container, interleaved_medians, load_model_and_data, make_sampler, quality_run, rel_l2,
+    benchmark_cache_config, env_info, container, interleaved_medians, load_model_and_data, make_sampler, quality_run, rel_l2,
     run_checked, save_figure, swd, write_outputs,
 )
 from tsdiff.tasks.common import format_table
@@ -123,7 +123,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     seed = int(cfg.seed)
     result: dict[str, Any] = {
         "run_id": run_dir.name, "num_samples": int(cfg.num_samples), "num_diffusion_steps": steps,
-        "cache_kwargs": cache_kwargs, "cache_target": cache_node["_target_"], "sample_shape": list(model.sample_shape), "env": _env(),
+        "cache_kwargs": cache_kwargs, "cache_target": cache_node["_target_"], "sample_shape": list(model.sample_shape), "env": env_info(),
         "repeats": int(cfg.repeats), "warmup": int(cfg.warmup),
     }
 
