@@ -37,7 +37,7 @@ class E2CRFPolicy(CachePolicy):
     """
 
     name = "e2crf"
-    #: the paths a subclass implements (reported in ``stats.extra["path"]``)
+    #: the ``selection`` strategies a subclass implements
     SELECTIONS: tuple[str, ...] = ("event",)
 
     def __init__(self, tau_0: float = 0.1, R: int = 10, *, event_trigger: bool = True, error_feedback: bool = True,
