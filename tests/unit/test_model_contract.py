@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread", "hydra_conf")
 N, STEPS = 3, 4
 TINY_SCORE = ["score_model.backbone.d_model=8", "score_model.backbone.num_layers=1"]
 TINY_TIMEDIFF = ["model.hidden=8", "model.cond_hidden=8", "model.step_sinusoid_dim=8", "model.step_hidden_dim=8",
-                 "model.num_timesteps=10", "model.ema_decay=null"]
+                 "model.ema_decay=null"]
 
 
 @dataclass

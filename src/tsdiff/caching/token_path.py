@@ -74,7 +74,8 @@ class TokenE2CRF(E2CRFPolicy):
         if iface is None or iface.tokens is None:
             kind = "a plain denoiser" if iface is None else type(iface.network).__name__
             raise ValueError(
-                f"the token-level E2-CRF path needs a transformer score network (token blocks), got {kind}; "
+                f"the token-level E2-CRF path needs a transformer score network that declares token blocks "
+                f"(one position per token), got {kind}; "
                 "use cache=e2crf_step or cache_kwargs.mode='step' (or 'auto'), which reuses whole network outputs between steps"
             )
         self._net = iface.tokens

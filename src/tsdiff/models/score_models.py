@@ -182,11 +182,16 @@ class ScoreModule(pl.LightningModule):
 
     def cache_interface(self) -> CacheInterface:
         """What a cache may use (:mod:`tsdiff.caching.interface`): the network and its token blocks
-        (transformer only; other backbones get step-level reuse), and the pricing inputs."""
+        (transformer only; other backbones get step-level reuse), and the pricing inputs.
+
+        Token blocks are declared only when a token is one position (or frequency component): E2-CRF
+        prices each token with the data std and output sensitivity of *its* component, which a patch of
+        several positions does not have (a patched backbone gets the whole-output step path)."""
         net = self.score_network
+        tokens = as_token_network(net) if getattr(net, "patch_size", 1) == 1 else None
         return CacheInterface(
             denoise_with=lambda x, t, cond, network: self.denoise(x, t, cond, network=network),
-            network=net, length=self.sample_shape[0], tokens=as_token_network(net), data_std=self.data_std,
+            network=net, length=self.sample_shape[0], tokens=tokens, data_std=self.data_std,
             output_sensitivity=self.output_sensitivity, frequency_domain=bool(self.fourier_transform),
         )
 
