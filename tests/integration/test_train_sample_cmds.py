@@ -169,3 +169,7 @@ def test_sample_command_takes_cache_overrides(runs_dir):
     assert cache["network_calls"] == 5 and cache["full_steps"] >= 2
     with pytest.raises(ValueError, match="cache_kwargs.K"):
         sample_run(runs_dir, "latest", "use_cache=true", "cache_kwargs.K=-1")
+    # the config groups (num_diffusion_steps=5 from sample_run is the alias of sampler.steps and wins)
+    res = sample_run(runs_dir, "latest", "sampler=dpm_solver_pp", "cache=e2crf_step", "cache.tau_0=0.2", "cache.R=4")
+    assert res["sampling"]["solver"] == "dpm_solver++" and res["sampling"]["num_steps"] == 5
+    assert res["sampling"]["cache"]["extra"]["path"] == "step" and res["sampling"]["cache"]["network_calls"] == 5

@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from tsdiff.caching import make_cache_policy
-from tsdiff.caching.e2crf import E2CRFCache
+from tsdiff.caching import E2CRFCache, TokenE2CRF
+from tsdiff.caching.pricing import ReusePricer
 from tsdiff.diffusion.schedules import VPSDE
 from tsdiff.models.score_models import ScoreModule
 from tsdiff.nets.score_nets import LSTMScoreNet, TransformerScoreNet
 from tsdiff.sampling import DiffusionSampler
+from tsdiff.sampling.denoiser import as_diffusion_model
 
 L, C, STEPS = 16, 2, 12
 
@@ -107,28 +109,33 @@ def test_batch_elements_do_not_share_caches():
 
 def test_state_is_reset_between_calls_and_freed():
     m = _model()
+    plain_before, _ = _sample(m, 2, seed=1)
     s = DiffusionSampler(m, sample_batch_size=2, progress=False, use_cache=True, cache_kwargs={**LOOSE, "mode": "token"})
     a = s.sample(4, STEPS, seed=3)  # two chunks
     stats_a = s.last_stats.cache
-    assert not s.cache.holds_state and m.network_hook is None
+    assert not s.cache.holds_state
+    torch.testing.assert_close(_sample(m, 2, seed=1)[0], plain_before, rtol=0, atol=0)  # the model is left as it was
     b = s.sample(4, STEPS, seed=3)
     torch.testing.assert_close(a, b)
     assert s.last_stats.cache["tokens_recomputed"] == stats_a["tokens_recomputed"]
     assert stats_a["network_calls"] == 2 * STEPS  # stats summed over both chunks
 
 
-def test_hook_removed_even_when_sampling_fails():
+def test_state_freed_and_model_untouched_even_when_sampling_fails():
     m = _model()
+    ref, _ = _sample(m, 2, seed=0)
     s = DiffusionSampler(m, sample_batch_size=2, progress=False, use_cache=True, cache_kwargs={"mode": "token"})
+    net = m.cache_interface().tokens
 
     def broken(h):
-        assert m.network_hook is not None  # the failure happens while the cache is installed
         raise RuntimeError("boom")
 
-    m.score_network.readout = broken
+    net.readout = broken
     with pytest.raises(RuntimeError, match="boom"):
         s.sample(2, STEPS, seed=0)
-    assert m.network_hook is None and not s.cache.holds_state
+    assert not s.cache.holds_state
+    del net.readout  # back to the class's readout
+    torch.testing.assert_close(_sample(m, 2, seed=0)[0], ref, rtol=0, atol=0)
 
 
 def test_partial_step_computes_only_selected_tokens():
@@ -151,20 +158,17 @@ def test_partial_forward_is_exact_when_inputs_did_not_change():
     """With unchanged inputs the cached keys and residuals are exact, so any selection reproduces the
     full forward (checks the gather / attend-to-all-keys / scatter bookkeeping)."""
     m = _model()
-    net = m.score_network
-    cache = E2CRFCache(mode="token")
-    cache._net = net
+    net = m.cache_interface().tokens
+    cache = TokenE2CRF()
+    cache.attach(net)
     y = torch.randn(3, L, C)
     t = torch.full((3,), 0.4)
     with torch.inference_mode():
         full = net(y, t)
-        h0 = net.embed_tokens(y, t)
-        cache._full_rows(h0, None, False)
-        cache._h0_ref = h0.clone()
+        torch.testing.assert_close(cache.refresh(y, t), full, rtol=0, atol=0)
         sel = torch.rand(3, L, generator=torch.Generator().manual_seed(0)) < 0.3
         sel[:, 0] = True
-        n = int(sel.sum(1).max())
-        out = cache._partial_rows(h0, sel, None, n)
+        out = cache.partial_forward(y, t, sel)
     torch.testing.assert_close(out, full, rtol=1e-4, atol=1e-5)
 
 
@@ -176,9 +180,9 @@ def test_time_domain_has_no_forced_low_frequency_tokens():
 
 def test_frequency_domain_forces_the_lowest_frequencies():
     m = _model()
-    cache = E2CRFCache(K=3)
-    cache._module = m
-    forced = cache._forced_mask(L, torch.device("cpu"))
+    cache = TokenE2CRF(K=3)
+    cache.start(as_diffusion_model(m), STEPS, 2)
+    forced = cache.forced_mask(L, torch.device("cpu"))
     # DC real, frequency-1 real (position 1) and frequency-1 imaginary (first imaginary slot, L//2 + 1)
     assert forced.nonzero().flatten().tolist() == [0, 1, L // 2 + 1]
 
@@ -256,13 +260,14 @@ def test_output_sensitivity_is_small_at_both_ends_and_peaks_at_the_data_scale():
 
 def test_energetic_tokens_get_lower_thresholds():
     m = _model()  # data std grows along the sequence
-    cache = E2CRFCache()
-    cache._module = m
-    w = cache._energy_weights(torch.randn(2, L, C))
+
+    def pricer(energy_weighting):
+        return ReusePricer(schedule=m.schedule, parameterization="x0", output_sensitivity=m.output_sensitivity,
+                           data_std=m.data_std, per_sample=False, energy_weighting=energy_weighting)
+
+    w = pricer(True).energy_weights(torch.randn(2, L, C))
     assert w.shape == (1, L) and torch.all(w[0, 1:] <= w[0, :-1]) and w[0, 0] > 1 > w[0, -1]
-    flat = E2CRFCache(energy_weighting=False)
-    flat._module = m
-    assert torch.all(flat._energy_weights(torch.randn(2, L, C)) == 1)
+    assert torch.all(pricer(False).energy_weights(torch.randn(2, L, C)) == 1)
 
 
 def test_larger_tau_0_means_more_reuse():
@@ -282,16 +287,16 @@ def test_stats_of_chunks_are_merged_not_overwritten():
 
 
 def test_time_domain_models_get_the_tau_0_advice_once(caplog, monkeypatch):
-    import tsdiff.caching.e2crf as e2crf
+    import tsdiff.caching.pricing as pricing
 
-    monkeypatch.setattr(e2crf, "_TIME_DOMAIN_WARNED", False)
+    monkeypatch.setattr(pricing, "_TIME_DOMAIN_WARNED", False)
     m = _model(fourier=False)
-    with caplog.at_level("WARNING", logger="tsdiff.caching.e2crf"):
+    with caplog.at_level("WARNING", logger="tsdiff.caching.pricing"):
         _sample(m, 2, {"tau_0": 0.1}, seed=0)
         _sample(m, 2, {"tau_0": 0.1}, seed=0)
     assert sum("time-domain model" in r.getMessage() for r in caplog.records) == 1
     caplog.clear()
-    monkeypatch.setattr(e2crf, "_TIME_DOMAIN_WARNED", False)
-    with caplog.at_level("WARNING", logger="tsdiff.caching.e2crf"):
+    monkeypatch.setattr(pricing, "_TIME_DOMAIN_WARNED", False)
+    with caplog.at_level("WARNING", logger="tsdiff.caching.pricing"):
         _sample(_model(), 2, {"tau_0": 0.1}, seed=0)  # frequency domain: no advice
     assert not caplog.records

@@ -51,6 +51,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from tsdiff.caching.interface import CacheInterface, as_token_network
 from tsdiff.diffusion.fourier import noise_scale, unwhiten, whiten
 from tsdiff.diffusion.schedules import NoiseSchedule
 from tsdiff.utils import append_dims
@@ -110,10 +111,6 @@ class ScoreModule(pl.LightningModule):
         self.sample_shape = (max_len, n_channels)
         self.net_ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
         self.register_buffer("noise_scale", noise_scale(max_len), persistent=False)
-        #: optional replacement of the network call inside ``denoise`` with the same signature
-        #: ``(network_input, network_time) -> output``; a token-level cache policy installs itself here
-        #: for the duration of a sampling run (so preconditioning and representation stay in one place).
-        self.network_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         # per-component mean and std of the training data in the diffusion variable (see fit_data_std)
         self.register_buffer("data_std", torch.ones(max_len, n_channels))
         self.register_buffer("data_mean", torch.zeros(max_len, n_channels))
@@ -146,9 +143,11 @@ class ScoreModule(pl.LightningModule):
         """Time-domain batch -> diffusion variable (whitened frequency coordinates or ``x`` itself)."""
         return whiten(x) if self.fourier_transform else x
 
-    def decode_samples(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Diffusion variable -> time domain (what the sampler returns)."""
         return unwhiten(z) if self.fourier_transform else z
+
+    decode_samples = decode  # the name before the model contract (tsdiff.sampling.contract)
 
     @property
     def score_network(self) -> nn.Module:
@@ -181,8 +180,7 @@ class ScoreModule(pl.LightningModule):
         ``x_t / alpha`` to the sample with gain ``d / sqrt(s^2 + d^2)``. Per unit of ``d``:
         ``omega = (d x0_hat / d F) / sqrt(s^2 + d^2)`` -- ``s d / (s^2 + d^2)`` (at most 1/2, largest at
         ``s = d``) for ``x0``, ``s / sqrt(s^2 + d^2)`` for ``eps``. Small at very high noise (the sample
-        forgets) and at very low noise (``c_out -> 0``): measured on the main-job model, reusing outputs
-        in the first and last third of 100 steps changed samples by < 0.5 %, in the middle by 2 %.
+        forgets) and at very low noise (``c_out -> 0``); measurements in docs/e2crf.md.
         Shape: ``(B, max_len, n_channels)`` for ``ndim=3``. ``alpha_sigma``: the schedule's values at
         ``t`` when the caller already has them.
         """
@@ -194,16 +192,34 @@ class ScoreModule(pl.LightningModule):
             return (s / norm).expand(s.shape[0], *d.shape)
         return s * d / norm**2
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None, *,
+                network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """For the noisy diffusion variable ``x`` at times ``t``: the preconditioned data prediction
-        ``x0_hat`` (``parameterization="x0"``) or the predicted noise (``"eps"``)."""
-        net = self.network_hook if self.network_hook is not None else self.score_network
+        ``x0_hat`` (``parameterization="x0"``) or the predicted noise (``"eps"``). ``network`` replaces the
+        call ``F(y, t)`` of the score network (a cache wraps it this way; representation and
+        preconditioning stay here)."""
+        net = network if network is not None else self.score_network
         if self.parameterization == "eps":
             return net(self.network_input(x), self.schedule.network_time(t))
         alpha, c_skip, c_out, c_in = self.preconditioning(t, x.ndim)
         x_centred = x / alpha - self.data_mean
         out = net(self.network_input(c_in * x_centred), self.schedule.network_time(t))
         return self.data_mean + c_skip * x_centred + c_out * out
+
+    def cache_interface(self) -> CacheInterface:
+        """What a cache may use (:mod:`tsdiff.caching.interface`): the network and its token blocks
+        (transformer only; other backbones get step-level reuse), and the pricing inputs.
+
+        Token blocks are declared only when a token is one position (or frequency component): E2-CRF
+        prices each token with the data std and output sensitivity of *its* component, which a patch of
+        several positions does not have (a patched backbone gets the whole-output step path)."""
+        net = self.score_network
+        tokens = as_token_network(net) if getattr(net, "patch_size", 1) == 1 else None
+        return CacheInterface(
+            denoise_with=lambda x, t, cond, network: self.denoise(x, t, cond, network=network),
+            network=net, length=self.sample_shape[0], tokens=tokens, data_std=self.data_std,
+            output_sensitivity=self.output_sensitivity, frequency_domain=bool(self.fourier_transform),
+        )
 
     # ------------------------------------------------------------------ training
     def diffusion_loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

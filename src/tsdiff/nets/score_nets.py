@@ -6,10 +6,12 @@ component (real or imaginary part, see :mod:`tsdiff.diffusion.fourier`). Diffusi
 learned encoding (random Fourier features of ``t`` followed by an MLP, Song et al. 2021, App. H.2)
 added to every token embedding at the input, as the reference does.
 
-The transformer's layers are reachable (``net.layers``) and operate on ``(batch, tokens, width)``; each
-layer exposes its two residual branches (:meth:`ScoreTransformerLayer.attention_branch`,
-:meth:`ScoreTransformerLayer.feedforward_branch`) and its K/V projection so that a token-level cache can
-recompute only selected tokens against all keys. Plain ``nn.Module``s: no Lightning here.
+The transformer declares token blocks (the :class:`tsdiff.caching.interface.TokenNetwork` shape):
+``embed_tokens``, ``layers`` and ``readout``; each layer splits into its K/V projection
+(:meth:`ScoreTransformerLayer.project_qkv`), attention (:meth:`~ScoreTransformerLayer.attend`) and residual
+composition (:meth:`~ScoreTransformerLayer.compose`, used by its own ``forward`` too), so that a token-level
+cache recomputes only selected tokens against all keys with the same arithmetic. The LSTM declares none.
+Plain ``nn.Module``s: no Lightning here.
 """
 
 from __future__ import annotations
@@ -66,9 +68,15 @@ class ScoreTransformerLayer(nn.Module):
         out = self.ff2(F.gelu(self.ff1(self.norm2(h))))
         return F.dropout(out, self.dropout, self.training)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x + self.attention_branch(x)
+    def compose(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """The layer's residual composition from its input ``x`` and attention branch ``attn``:
+        ``h = x + attn``, then ``h + FF(LN(h))``. Defined once: the plain forward and the token cache's
+        partial forward both call it."""
+        h = x + attn
         return h + self.feedforward_branch(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compose(x, self.attention_branch(x))
 
 
 class TransformerScoreNet(nn.Module):

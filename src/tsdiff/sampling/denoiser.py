@@ -7,9 +7,9 @@ discrete schedules, floats in ``[t_min, 1]`` for SDEs) and ``cond`` is optional 
 kind (tensor, dict of tensors, ...), passed through untouched. The output has the shape of ``x`` and
 is expressed in one declared parameterization: ``"x0"``, ``"eps"``, ``"score"`` or ``"v"``.
 
-A LightningModule satisfies the contract by offering ``denoise``, ``schedule``, ``parameterization`` and
-``sample_shape`` (see :func:`as_diffusion_model`); optional ``decode_samples(x)`` maps diffusion space
-back to data space (e.g. frequency -> time domain) and ``default_solver`` names its preferred solver.
+A model satisfies the contract of :mod:`tsdiff.sampling.contract` (``denoise``, ``schedule``,
+``parameterization``, ``sample_shape``; optional ``decode``, ``cache_interface`` and ``default_solver``);
+:func:`as_diffusion_model` gathers what the sampler needs from it.
 
 **Adapter.** :class:`PredictionModel` wraps a denoiser with its schedule, cache policy and an optional
 guidance hook, counts network evaluations and converts between parameterizations, so that solvers only
@@ -26,6 +26,7 @@ import torch
 from tsdiff.caching.base import CachePolicy, NoCache
 from tsdiff.diffusion.parameterization import check_parameterization, eps_to_score, from_x0, to_x0
 from tsdiff.diffusion.schedules import NoiseSchedule
+from tsdiff.sampling.contract import DeclaresCache, Decodes, PrefersSolver, declares, missing_members
 
 
 @runtime_checkable
@@ -49,6 +50,8 @@ class DiffusionModelSpec:
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
     default_solver: str | None = None
     module: torch.nn.Module | None = None
+    #: the model's ``cache_interface`` (None when it declares none: caches reuse whole outputs)
+    cache_interface: Callable[[], Any] | None = None
 
 
 def as_diffusion_model(
@@ -64,8 +67,9 @@ def as_diffusion_model(
         raise ValueError("give a trained model (score_model=/model=) or a denoiser= with its schedule=")
     if model is not None and denoiser is not None:
         raise ValueError("give either a model or a denoiser, not both")
+    cache_interface = None
     if model is not None:
-        missing = [a for a in ("denoise", "schedule", "parameterization") if not hasattr(model, a)]
+        missing = missing_members(model)
         if missing:
             raise TypeError(
                 f"{type(model).__name__} does not follow the tsdiff denoiser contract: missing "
@@ -74,9 +78,10 @@ def as_diffusion_model(
         denoise = model.denoise
         schedule = schedule or model.schedule
         parameterization = parameterization or model.parameterization
-        sample_shape = sample_shape or getattr(model, "sample_shape", None)
-        decode = getattr(model, "decode_samples", None)
-        default_solver = getattr(model, "default_solver", None)
+        sample_shape = sample_shape or model.sample_shape
+        decode = model.decode if declares(model, Decodes) else None
+        default_solver = model.default_solver if declares(model, PrefersSolver) else None
+        cache_interface = model.cache_interface if declares(model, DeclaresCache) else None
         module = model if isinstance(model, torch.nn.Module) else None
     else:
         if schedule is None or parameterization is None:
@@ -96,6 +101,7 @@ def as_diffusion_model(
         decode=decode,
         default_solver=default_solver,
         module=module,
+        cache_interface=cache_interface,
     )
 
 

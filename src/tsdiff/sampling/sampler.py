@@ -24,7 +24,7 @@ import torch
 from tsdiff.caching import CachePolicy, CacheStats, make_cache_policy
 from tsdiff.diffusion.schedules import NoiseSchedule
 from tsdiff.sampling.denoiser import Guidance, PredictionModel, as_diffusion_model
-from tsdiff.sampling.solvers import get_solver
+from tsdiff.sampling.solvers import get_solver, solver_label
 from tsdiff.utils import make_generator, resolve_device
 
 
@@ -82,8 +82,9 @@ class DiffusionSampler:
             and ``sample_shape``. ``model=`` is an alias.
         denoiser, schedule, parameterization, sample_shape: alternative to ``score_model``: a bare callable
             ``denoiser(x, t, cond)`` with its schedule; ``sample_shape`` excludes the batch dimension.
-        solver: a name from :data:`tsdiff.sampling.solvers.SOLVERS` or a solver function; ``"auto"`` uses the
-            model's ``default_solver`` or ``ddpm``.
+        solver: a name from :data:`tsdiff.sampling.solvers.SOLVERS` or a solver function (also a
+            ``functools.partial`` with its options, as ``conf/sampler/*.yaml`` build it); ``"auto"`` (or None)
+            uses the model's ``default_solver`` or ``ddpm``.
         solver_kwargs: options of the solver (``eta`` for DDIM, ``order`` for DPM-Solver++ / PF-ODE).
         num_diffusion_steps: default number of steps (``sample`` may override it).
         time_spacing: ``"logsnr"`` (default) spaces the evaluation times evenly in
@@ -136,8 +137,10 @@ class DiffusionSampler:
         if cache is not None and (use_cache or cache_kwargs):
             raise ValueError("give either cache= (a policy object) or use_cache/cache_kwargs, not both")
         self.cache = cache if cache is not None else make_cache_policy(use_cache, cache_kwargs)
-        self.solver_name = (self.spec.default_solver or "ddpm") if solver == "auto" else solver
+        self.solver_name = (self.spec.default_solver or "ddpm") if solver in ("auto", None) else solver
         self.solver = get_solver(self.solver_name)
+        if not isinstance(self.solver_name, str):
+            self.solver_name = solver_label(self.solver_name)
         self.solver_kwargs = dict(solver_kwargs or {})
         self.num_diffusion_steps = num_diffusion_steps
         self.time_spacing = time_spacing
@@ -175,7 +178,7 @@ class DiffusionSampler:
                 samples. Without either, a fresh random seed is used.
             x_T: optional starting noise ``(num_samples, *sample_shape)`` (e.g. to compare samplers from
                 the same noise); it is used as given, not rescaled.
-            decode: map samples back to data space with the model's ``decode_samples`` (e.g. inverse DFT).
+            decode: map samples back to data space with the model's ``decode`` (e.g. inverse DFT).
             callback: called after every solver step with ``{"step", "t", "x", "x0", "chunk"}``.
             return_stats: also return the :class:`SamplerStats` (always kept in ``last_stats``).
         """
@@ -246,7 +249,7 @@ class DiffusionSampler:
                 module.train()
         wall = time.perf_counter() - start
         samples = torch.cat(chunks, dim=0)
-        name = self.solver_name if isinstance(self.solver_name, str) else getattr(self.solver, "__name__", "custom")
+        name = solver_label(self.solver_name)
         self.last_stats = SamplerStats(
             num_samples=num_samples,
             num_steps=len(times),

@@ -243,6 +243,17 @@ def get_solver(solver: str | Callable) -> Callable[..., torch.Tensor]:
         raise ValueError(f"unknown solver '{solver}'; choose one of {', '.join(sorted(SOLVERS))} or pass a function") from None
 
 
+def solver_label(solver: str | Callable) -> str:
+    """A solver's name for reports: the registered name of a function (or of a partial of one)."""
+    if isinstance(solver, str):
+        return solver
+    func = getattr(solver, "func", solver)  # functools.partial (Hydra _partial_: true)
+    for name, fn in SOLVERS.items():
+        if fn is func:
+            return name
+    return getattr(func, "__name__", "custom")
+
+
 def coarsen_brownian_noise(noise: torch.Tensor, times: torch.Tensor, num_steps: int) -> torch.Tensor:
     """Standard normals for Euler–Maruyama on a coarser grid, driven by the *same* Brownian path.
 

@@ -12,8 +12,8 @@ What it measures (all in one process, on the run's model):
    test windows, and the per-sample relative L2 distance ``|x_cached - x_uncached| / |x_uncached|``.
    ``num_seeds`` uncached runs with different seeds give the seed-to-seed spread of SWD that the cached
    SWD is judged against (``within_spread``: at most the uncached mean + 2 std).
-3. **Parameter sweeps** of the seed README (``sweeps``: each E2-CRF parameter varied around
-   ``cache_kwargs``) at the largest batch size: time, speed-up, SWD, relative L2, fraction recomputed.
+3. **Parameter sweeps** of the seed README (``sweeps``: each E2-CRF parameter varied around the
+   ``cache`` config) at the largest batch size: time, speed-up, SWD, relative L2, fraction recomputed.
    ``K``, ``tau_warn`` and ``random_probe_ratio`` act only on the token path; when the default run takes
    the step path they are swept with ``mode=token`` next to a token-path reference point.
 4. **Pareto comparison at matched wall time** (largest batch size; SWD and relative L2 to the uncached
@@ -36,153 +36,24 @@ Timings on a machine shared with other processes are noisy; the JSON keeps every
 
 from __future__ import annotations
 
-import os
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from tsdiff.results import free_path, write_result
-from tsdiff.runs import new_child_dir, resolve_run_dir
-from tsdiff.tasks.common import format_table, load_run_model
-from tsdiff.utils import resolve_device
+from tsdiff.tasks.bench_common import (
+    benchmark_cache_config, env_info, container, interleaved_medians, load_model_and_data, make_sampler, quality_run, rel_l2,
+    run_checked, save_figure, swd, write_outputs,
+)
+from tsdiff.tasks.common import format_table
+from tsdiff.sampling.solvers import solver_label
+from tsdiff.tasks.sampler_cfg import cache_options, solver_of
 
 
 #: parameters that only act on the token path (swept there when the default run takes the step path)
 TOKEN_ONLY_PARAMS = ("K", "tau_warn", "random_probe_ratio")
-
-
-# ---------------------------------------------------------------------- shared helpers (also used by ablation)
-def container(value: Any) -> Any:
-    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def check_common(cfg: DictConfig) -> None:
-    """Clear errors for the shared benchmark options."""
-    for key in ("num_samples", "num_diffusion_steps", "repeats"):
-        value = cfg.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{key} must be a positive integer, got {value!r} (e.g. {key}=3)")
-    if not isinstance(cfg.get("warmup"), int) or cfg.warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {cfg.get('warmup')!r}")
-
-
-def set_threads(cfg: DictConfig) -> int:
-    """Apply ``num_threads`` (if set); returns the previous thread count so the caller can restore it."""
-    prev = torch.get_num_threads()
-    n = cfg.get("num_threads")
-    if n is not None:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"num_threads must be a positive integer or null, got {n!r}")
-        torch.set_num_threads(n)
-    return prev
-
-
-def run_checked(cfg: DictConfig, body) -> dict[str, Any]:
-    """Validate the shared options, apply ``num_threads`` for the duration of ``body(cfg)``, restore it."""
-    check_common(cfg)
-    prev_threads = set_threads(cfg)
-    try:
-        return body(cfg)
-    finally:
-        torch.set_num_threads(prev_threads)
-
-
-def load_model_and_data(cfg: DictConfig):
-    """The run's model (on the configured device) and its test / train windows."""
-    from hydra.utils import instantiate
-
-    run_dir = resolve_run_dir(cfg.model_id, cfg.runs_dir)
-    device = resolve_device(cfg.get("device", "auto"))
-    model, train_cfg, _ = load_run_model(run_dir, device)
-    if cfg.get("data_root") is not None:
-        train_cfg.data_root = cfg.data_root
-    dm = instantiate(train_cfg.datamodule)
-    dm.prepare_data()
-    dm.setup("test")
-    return run_dir, device, model, dm.train_array("test"), dm.train_array("train")
-
-
-def make_sampler(model, device, batch: int, cache_kwargs: dict | None, solver: str = "auto"):
-    from tsdiff.sampling import DiffusionSampler
-
-    return DiffusionSampler(
-        model, sample_batch_size=batch, solver=solver, use_cache=cache_kwargs is not None,
-        cache_kwargs=dict(cache_kwargs) if cache_kwargs else None, device=device, progress=False,
-    )
-
-
-def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, dict[str, Any]]:
-    """Median wall time of each function: ``warmup`` untimed calls each, then ``repeats`` rounds in which
-    every function runs once (order reversed every other round), timed with ``perf_counter``."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else reversed(names):
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return {n: {"median_s": statistics.median(v), "times_s": v} for n, v in times.items()}
-
-
-def swd(real: np.ndarray, fake: np.ndarray, cfg: DictConfig) -> float:
-    from tsdiff.metrics.wasserstein import sliced_wasserstein
-
-    return float(sliced_wasserstein(real, fake, num_directions=int(cfg.num_directions), seed=int(cfg.seed)))
-
-
-def rel_l2(fake: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-    """Per-sample relative L2 distance of ``fake`` to ``ref`` (mean, median, max over samples)."""
-    d = (fake - ref).flatten(1).norm(dim=1) / (ref.flatten(1).norm(dim=1) + 1e-12)
-    return {"mean": float(d.mean()), "median": float(d.median()), "max": float(d.max())}
-
-
-def quality_run(model, device, batch: int, cache_kwargs, cfg, real, seed: int, steps: int | None = None, solver: str = "auto"):
-    """``num_samples`` samples (chunks of ``batch``) with their stats; finite-checked."""
-    sampler = make_sampler(model, device, batch, cache_kwargs, solver)
-    x, stats = sampler.sample(int(cfg.num_samples), steps or int(cfg.num_diffusion_steps), seed=seed, return_stats=True)
-    x = x.float().cpu()
-    if not torch.isfinite(x).all():
-        raise FloatingPointError(
-            f"sampling produced NaN/inf (cache={cache_kwargs}, solver={solver}, steps={steps}); "
-            "the cache thresholds are too loose for this model: lower tau_0 or R"
-        )
-    return x, stats
-
-
-def save_figure(fig, path: Path) -> None:
-    """Write a matplotlib figure as PNG atomically (a half-written plot never replaces a good one), then close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    try:
-        write_result(path, fig)  # never over an existing file: a free name beside it is used and printed
-    finally:
-        plt.close(fig)
-
-
-def write_outputs(cfg: DictConfig, run_dir: Path, kind: str, result: dict[str, Any]) -> tuple[Path, Path]:
-    out_dir = None
-    results_path = cfg.get("results_path")
-    if not results_path:
-        out_dir = new_child_dir(run_dir / "benchmarks", prefix=f"{kind}-")
-        results_path = out_dir / "results.json"
-    results_path = write_result(Path(results_path), result)  # the name written (a free one if taken)
-    plot_path = cfg.get("plot_path") or free_path(results_path.with_suffix(".png"))
-    return results_path, Path(plot_path)
-
-
-def _env() -> dict[str, Any]:
-    return {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
 
 
 # ---------------------------------------------------------------------- token scaling
@@ -190,10 +61,12 @@ def token_scaling(model, device, lengths, batches, fractions, repeats: int, seed
     """Per-forward time of a full forward vs the token path recomputing a fraction of the tokens, for
     random-weight transformers shaped like ``model``'s at other sequence lengths (weights do not
     change the cost)."""
-    from tsdiff.caching.e2crf import E2CRFCache
+    from tsdiff.caching import TokenE2CRF
     from tsdiff.nets.score_nets import TransformerScoreNet
+    from tsdiff.sampling.contract import DeclaresCache, declares
 
-    net0 = model.score_network
+    iface = model.cache_interface() if declares(model, DeclaresCache) else None
+    net0 = iface.tokens if iface is not None else None
     if not isinstance(net0, TransformerScoreNet):
         return []
     layer0 = net0.layers[0]
@@ -208,12 +81,10 @@ def token_scaling(model, device, lengths, batches, fractions, repeats: int, seed
         for batch in batches:
             x = torch.randn(batch, int(length), net0.n_channels, generator=gen, device=device)
             t = torch.full((batch,), 0.5, device=device)
-            cache = E2CRFCache(mode="token")
-            cache._net = net  # a bare network: drive the token path directly
+            cache = TokenE2CRF()
+            cache.attach(net)  # a bare network: drive the token path directly
             with torch.inference_mode():
-                h0 = net.embed_tokens(x, t)
-                cache._full_rows(h0, None, False)
-                cache._h0_ref = h0.clone()
+                cache.refresh(x, t)
                 fns: dict[str, Callable[[], Any]] = {"full": lambda: net(x, t)}
                 for frac in fractions:
                     n = max(1, int(round(frac * length)))
@@ -221,8 +92,7 @@ def token_scaling(model, device, lengths, batches, fractions, repeats: int, seed
                     sel[:, torch.randperm(int(length), generator=torch.Generator().manual_seed(seed))[:n].to(device)] = True
 
                     def partial(n=n, sel=sel):
-                        h = net.embed_tokens(x, t)
-                        return cache._partial_rows(h, sel, None, n)
+                        return cache.partial_forward(x, t, sel, n)
 
                     fns[f"frac={frac}"] = partial
                 med = interleaved_medians(fns, repeats, 1)
@@ -244,17 +114,16 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     batch_sizes = [int(b) for b in container(cfg.batch_sizes)]
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be a non-empty list of positive integers, got {batch_sizes} (e.g. batch_sizes=[1,16,64])")
-    cache_kwargs = dict(container(cfg.cache_kwargs) or {})
-    from tsdiff.caching.e2crf import E2CRFCache
-
-    E2CRFCache(**cache_kwargs)  # validate the parameters before any work
+    cache_node = benchmark_cache_config(cfg)
+    cache_kwargs = cache_options(cache_node)
+    solver = solver_of(cfg)
     steps = int(cfg.num_diffusion_steps)
     run_dir, device, model, real, _ = load_model_and_data(cfg)
     torch.manual_seed(int(cfg.seed))
     seed = int(cfg.seed)
     result: dict[str, Any] = {
         "run_id": run_dir.name, "num_samples": int(cfg.num_samples), "num_diffusion_steps": steps,
-        "cache_kwargs": cache_kwargs, "sample_shape": list(model.sample_shape), "env": _env(),
+        "cache_kwargs": cache_kwargs, "cache_target": cache_node["_target_"], "sample_shape": list(model.sample_shape), "env": env_info(),
         "repeats": int(cfg.repeats), "warmup": int(cfg.warmup),
     }
 
@@ -275,15 +144,15 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     # 1 + 2: speed-up and quality per batch size
     table = []
     for batch in batch_sizes:
-        base_s = make_sampler(model, device, batch, None)
-        cache_s = make_sampler(model, device, batch, cache_kwargs)
+        base_s = make_sampler(model, device, batch, None, solver)
+        cache_s = make_sampler(model, device, batch, cache_node, solver)
         med = interleaved_medians(
             {"baseline": lambda: base_s.sample(batch, steps, seed=seed),
              "cached": lambda: cache_s.sample(batch, steps, seed=seed)},
             int(cfg.repeats), int(cfg.warmup),
         )
         xb, _ = quality_run(model, device, batch, None, cfg, real, seed)
-        xc, cstats = quality_run(model, device, batch, cache_kwargs, cfg, real, seed)
+        xc, cstats = quality_run(model, device, batch, cache_node, cfg, real, seed)
         c = cstats.cache
         row = {
             "batch": batch,
@@ -306,7 +175,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
 
     # 3: parameter sweeps at the largest batch size
     sweeps = []
-    base_big = make_sampler(model, device, big, None)
+    base_big = make_sampler(model, device, big, None, solver)
     xb_big, _ = quality_run(model, device, big, None, cfg, real, seed)
     default_path = next(r for r in table if r["batch"] == big)["path"]
     token_reference = False
@@ -314,12 +183,14 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         # K, tau_warn and the probes only act on the token path: sweep them there (plus one reference
         # point of the token path with the base parameters) instead of printing identical step-path rows
         on_token = param in TOKEN_ONLY_PARAMS and default_path != "token"
+        if on_token and "mode" not in cache_node:
+            continue  # a policy without a token path (e.g. cache=e2crf_step): nothing to sweep
         if on_token and values and not token_reference:
-            kw = {**cache_kwargs, "mode": "token"}
+            kw = {**cache_node, "mode": "token"}
             sweeps.append({"param": "mode", "value": "token", **_point(model, device, big, kw, cfg, real, seed, steps, base_big, xb_big)})
             token_reference = True
         for value in values:
-            kw = {**cache_kwargs, param: value, **({"mode": "token"} if on_token else {})}
+            kw = {**cache_node, param: value, **({"mode": "token"} if on_token else {})}
             sweeps.append({"param": param, "value": value, **_point(model, device, big, kw, cfg, real, seed, steps, base_big, xb_big)})
     result["sweeps"] = sweeps
 
@@ -335,19 +206,19 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
                        "rel_l2": s["rel_l2"], "param": s["param"], "value": s["value"]})
     matched = max(2, int(round(steps / max(default_row["speedup"], 1e-9))))
     fewer = sorted({*(int(v) for v in container(cfg.fewer_steps)), matched})
-    comps = [("fewer-steps", "auto", n) for n in fewer if n < steps]
-    for solver, ns in (container(cfg.competitors) or {}).items():
-        label = "dpm_solver++" if solver in ("dpmpp", "dpm_solver++") else str(solver)
-        comps += [(label, solver, int(n)) for n in ns]
-    for method, solver, n in comps:
-        s_ = make_sampler(model, device, big, None, solver)
+    comps = [("fewer-steps", solver, n) for n in fewer if n < steps]
+    for comp, ns in (container(cfg.competitors) or {}).items():
+        label = "dpm_solver++" if comp in ("dpmpp", "dpm_solver++") else str(comp)
+        comps += [(label, comp, int(n)) for n in ns]
+    for method, comp, n in comps:
+        s_ = make_sampler(model, device, big, None, comp)
         med = interleaved_medians({"m": lambda: s_.sample(big, n, seed=seed)}, int(cfg.repeats), min(int(cfg.warmup), 1))
-        x, _ = quality_run(model, device, big, None, cfg, real, seed, steps=n, solver=solver)
-        pareto.append({"method": method, "solver": solver, "steps": n, "time_per_sample_s": per_sample(med["m"]["median_s"]),
+        x, _ = quality_run(model, device, big, None, cfg, real, seed, steps=n, solver=comp)
+        pareto.append({"method": method, "solver": solver_label(comp), "steps": n, "time_per_sample_s": per_sample(med["m"]["median_s"]),
                        "swd": swd(real, x.numpy(), cfg), "rel_l2": rel_l2(x, xb_big)["mean"]})
     result["pareto"] = pareto
     result["beats_fewer_steps"] = _beats_curve(pareto, "fewer-steps", default_row, big, spread["std"])
-    result["brownian_matched"] = _brownian_matched(model, device, big, steps, cache_kwargs, cfg, real, seed, default_row)
+    result["brownian_matched"] = _brownian_matched(model, device, big, steps, cache_node, cfg, real, seed, default_row, solver)
 
     # 5: token scaling
     ts = container(cfg.token_scaling) or {}
@@ -364,7 +235,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _point(model, device, batch, kw, cfg, real, seed, steps, base_sampler, xb) -> dict[str, Any]:
-    s = make_sampler(model, device, batch, kw)
+    s = make_sampler(model, device, batch, kw, solver_of(cfg))
     med = interleaved_medians(
         {"baseline": lambda: base_sampler.sample(batch, steps, seed=seed), "cached": lambda: s.sample(batch, steps, seed=seed)},
         int(cfg.get("sweep_repeats", cfg.repeats)), min(int(cfg.warmup), 1),
@@ -378,7 +249,7 @@ def _point(model, device, batch, kw, cfg, real, seed, steps, base_sampler, xb) -
     }
 
 
-def _brownian_matched(model, device, big, steps, cache_kwargs, cfg, real, seed, default_row) -> dict[str, Any]:
+def _brownian_matched(model, device, big, steps, cache_node, cfg, real, seed, default_row, solver) -> dict[str, Any]:
     """Fewer Euler–Maruyama steps driven by the *same* Brownian path as the uncached reference.
 
     With independent noise, the relative L2 of a fewer-steps sample to the reference only says that
@@ -388,9 +259,9 @@ def _brownian_matched(model, device, big, steps, cache_kwargs, cfg, real, seed, 
     counts are those whose grid is a subset of the reference grid (``n - 1`` divides ``steps - 1``).
     ``beats`` compares E2-CRF's relative L2 with the coarse curve interpolated (linearly in time per
     sample) at E2-CRF's own time."""
-    from tsdiff.sampling import DiffusionSampler, coarsen_brownian_noise
+    from tsdiff.sampling import coarsen_brownian_noise
 
-    probe = make_sampler(model, device, big, None)
+    probe = make_sampler(model, device, big, None, solver)
     if probe.solver_name != "euler_maruyama":
         return {"skipped": f"the model's default solver is {probe.solver_name}, not euler_maruyama"}
     shape = tuple(model.sample_shape)
@@ -400,12 +271,11 @@ def _brownian_matched(model, device, big, steps, cache_kwargs, cfg, real, seed, 
     times = probe.schedule.sample_times(steps, device="cpu", spacing=probe.time_spacing)
 
     def draw(n, z, kw=None):
-        s_ = DiffusionSampler(model, sample_batch_size=big, solver="euler_maruyama", solver_kwargs={"noise": z},
-                              use_cache=kw is not None, cache_kwargs=dict(kw) if kw else None, device=device, progress=False)
+        s_ = make_sampler(model, device, big, kw, "euler_maruyama", solver_kwargs={"noise": z})
         return s_.sample(big, n, x_T=x_T).float().cpu()
 
     ref = draw(steps, noise)
-    cached = draw(steps, noise, cache_kwargs)
+    cached = draw(steps, noise, cache_node)
     rows = [{"method": "e2crf", "steps": steps, "time_per_sample_s": default_row["cached_s"] / big,
              "rel_l2": rel_l2(cached, ref)["mean"], "swd": swd(real, cached.numpy(), cfg)}]
     counts = [n for n in range(3, steps) if (steps - 1) % (n - 1) == 0][-6:]

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from tsdiff.results import write_result
 from tsdiff.runs import new_child_dir, resolve_run_dir
@@ -118,7 +118,7 @@ def _check_matches_run(cfg: DictConfig, train_cfg: DictConfig, run_id: str) -> N
 def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
-    from tsdiff.sampling import DiffusionSampler
+    from tsdiff.tasks.sampler_cfg import build_sampler
 
     run_dir = resolve_run_dir(cfg.model_id, cfg.runs_dir)
     device = resolve_device(cfg.get("device", "auto"))
@@ -130,16 +130,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm.prepare_data()
     dm.setup("test")
 
-    sampler = DiffusionSampler(
-        model,
-        solver=cfg.solver,
-        solver_kwargs=OmegaConf.to_container(cfg.solver_kwargs, resolve=True) if cfg.get("solver_kwargs") else None,
-        sample_batch_size=int(cfg.sample_batch_size),
-        use_cache=bool(cfg.use_cache),
-        cache_kwargs=OmegaConf.to_container(cfg.cache_kwargs, resolve=True) if cfg.get("cache_kwargs") else None,
-        device=device,
-        progress=bool(cfg.progress),
-    )
+    sampler = build_sampler(cfg, model, device)  # sampler/ and cache/ groups (tsdiff.tasks.sampler_cfg)
+    cached = sampler.cache.name != "none"
     samples, stats = sampler.sample(int(cfg.num_samples), int(cfg.num_diffusion_steps), seed=int(cfg.seed), return_stats=True)
     fake = samples.float().cpu().numpy()
     if not np.isfinite(fake).all():
@@ -194,7 +186,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         flush=True,
     )
     c = stats.cache
-    if cfg.use_cache and c:
+    if cached and c:
         print(
             f"cache ({c['extra'].get('path', '?')} path): {c['fraction_recomputed']:.1%} of the token-layer work recomputed, "
             f"{c['full_steps']}/{c['network_calls']} evaluations in full, hit ratio {c['hit_ratio']:.3f}, "
@@ -210,7 +202,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 flat[f"quality/{name}/{metric}"] = vals[metric]["mean"]
                 flat[f"quality/{name}/{metric}_ci95"] = vals[metric]["ci95"]
         flat["quality/seconds"] = quality["seconds"]["total"]
-    if cfg.use_cache and c:
+    if cached and c:
         flat.update({f"cache/{k}": c[k] for k in ("fraction_recomputed", "hit_ratio", "effective_network_calls", "full_steps", "cache_bytes")})
     log_metrics(logger, flat)
     return result

@@ -1,0 +1,292 @@
+"""E2-CRF token path: recompute only the tokens whose reuse would cost the sample too much.
+
+Per layer ``l`` and token ``i`` the cache holds the keys/values ``K_l[i], V_l[i]`` of the layer input at
+the token's last recompute and its cumulative residual ``D_l[i] = layer_l(h)[i] - h[i]``. On a partial
+step the input embedding is computed for every token; in every layer the selected tokens are gathered
+and only for them are queries, keys, values, attention against *all* keys (fresh for selected tokens,
+cached for the rest), and the layer's residual composition (:meth:`TokenLayer.compose`, the same function
+the plain forward uses) computed; the others advance by their cached ``D_l``. The read-out runs on all
+tokens. Selected: the ``K`` lowest frequencies (frequency domain only), random probes, and tokens whose
+priced intensity passes ``tau_0`` (:mod:`tsdiff.caching.pricing`); a sample selecting too much is
+computed in full. Every decision is per sample: padding slots are computed and discarded, so a sample's
+result does not depend on its batch neighbours. Measurements: ``docs/e2crf.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tsdiff.caching.e2crf_base import E2CRFPolicy
+from tsdiff.caching.interface import CacheInterface, TokenNetwork
+from tsdiff.caching.pricing import check_number
+
+
+@dataclass
+class LayerCache:
+    k: torch.Tensor  # (B, H, L, d_head) keys from the layer input at each token's last recompute
+    v: torch.Tensor  # (B, H, L, d_head)
+    d: torch.Tensor  # (B, L, d_model) the layer's residual contribution  layer(h) - h
+
+
+class TokenE2CRF(E2CRFPolicy):
+    """Token-level E2-CRF (see the module docstring; common options in :class:`E2CRFPolicy`).
+
+    Args:
+        K: low-frequency tokens always recomputed (integer >= 0; frequency domain only).
+        tau_warn: a sample whose rms event intensity exceeds this is recomputed in full (> 0).
+        random_probe_ratio: fraction of tokens probed at random each step (in [0, 1]).
+        full_fraction: a sample selecting more than this fraction of its tokens is computed in full.
+        selection: ``"event"`` (E2-CRF), ``"random"`` (a random ``budget`` fraction per step) or
+            ``"fixed"`` (only forced tokens and probes between refreshes).
+        budget: fraction of tokens recomputed per step by ``selection="random"`` (in (0, 1]).
+    """
+
+    SELECTIONS = ("event", "random", "fixed")
+
+    def __init__(self, K: int = 5, tau_0: float = 0.1, R: int = 10, tau_warn: float = 0.5, random_probe_ratio: float = 0.05,
+                 *, full_fraction: float = 0.5, budget: float | None = None, selection: str = "event", **common):
+        check_number("K", K, 0, None, integer=True)
+        check_number("tau_warn", tau_warn, 0.0, None, lo_open=True)
+        check_number("random_probe_ratio", random_probe_ratio, 0.0, 1.0)
+        check_number("full_fraction", full_fraction, 0.0, 1.0, lo_open=True)
+        if selection == "random":
+            if budget is None:
+                raise ValueError("cache_kwargs.selection='random' needs cache_kwargs.budget (fraction of tokens per step, in (0, 1])")
+            check_number("budget", budget, 0.0, 1.0, lo_open=True)
+        elif budget is not None:
+            raise ValueError("cache_kwargs.budget is only used with selection='random'; drop it or set selection='random'")
+        super().__init__(tau_0, R, selection=selection, **common)
+        self.K, self.tau_warn, self.random_probe_ratio = int(K), float(tau_warn), float(random_probe_ratio)
+        self.full_fraction, self.budget = float(full_fraction), budget
+        self.mode = "token"
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self._net: TokenNetwork | None = None
+        self._layers: list[LayerCache] | None = None
+        self._h0_ref: torch.Tensor | None = None  # (B, L, d) layer-0 input at each token's last recompute
+        self._forced: torch.Tensor | None = None
+        self._selected: torch.Tensor | None = None
+
+    def _choose_path(self, iface: CacheInterface | None) -> str:
+        if iface is None or iface.tokens is None:
+            kind = "a plain denoiser" if iface is None else type(iface.network).__name__
+            raise ValueError(
+                f"the token-level E2-CRF path needs a transformer score network that declares token blocks "
+                f"(one position per token), got {kind}; "
+                "use cache=e2crf_step or cache_kwargs.mode='step' (or 'auto'), which reuses whole network outputs between steps"
+            )
+        self._net = iface.tokens
+        return "token"
+
+    def _cached_tensors(self) -> list[torch.Tensor]:
+        tensors = [t for lc in self._layers or [] for t in (lc.k, lc.v, lc.d)]
+        return tensors + ([self._h0_ref] if self._h0_ref is not None else [])
+
+    def _finish_extra(self, stats) -> None:
+        if self._selected is not None:
+            # token slots of partially computed samples that were truly selected (the rest is padding)
+            stats.extra["tokens_selected_partial"] = int(self._selected)
+
+    # ------------------------------------------------------------------ public pieces (benchmarks, tests)
+    def attach(self, net: TokenNetwork) -> None:
+        """Drive ``net`` directly, outside a sampling run (per-forward benchmarks): resets all state."""
+        self._reset_state()
+        self._net = net
+
+    def refresh(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Full forward of the attached network that stores every token's keys, values and residuals."""
+        h0 = self._net.embed_tokens(y, t)
+        h, _ = self._full_rows(h0, None, False)
+        self._h0_ref = h0.clone()
+        return self._net.readout(h)
+
+    def partial_forward(self, y: torch.Tensor, t: torch.Tensor, selected: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """Forward recomputing only tokens ``selected`` ``(B, L)`` (``n`` gathered per sample; default the
+        largest selection), reusing the cached keys/residuals of the others."""
+        h0 = self._net.embed_tokens(y, t)
+        return self._partial_rows(h0, selected, None, int(selected.sum(1).max()) if n is None else n)
+
+    # ------------------------------------------------------------------ full forward (stores caches)
+    def _full_rows(self, h0: torch.Tensor, rows: torch.Tensor | None, measure: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Full forward of batch rows ``rows`` (all when None) from their input tokens ``h0``; stores K/V
+        and residuals of every token of those rows. Returns the last hidden state and, when ``measure``,
+        the hidden state a reuse of the cached residuals would have produced (before overwriting)."""
+        acc = torch.zeros_like(h0) if measure else None
+        h = h0
+        new_layers: list[LayerCache] = []
+        for i, layer in enumerate(self._net.layers):
+            q, k, v = layer.project_qkv(h)
+            out = layer.compose(h, layer.attend(q, k, v))
+            d = out - h
+            if self._layers is not None:
+                lc = self._layers[i]
+                if measure:
+                    acc += lc.d if rows is None else lc.d.index_select(0, rows)
+                if rows is None:
+                    lc.k, lc.v, lc.d = k.contiguous(), v.contiguous(), d
+                else:
+                    lc.k.index_copy_(0, rows, k.contiguous())
+                    lc.v.index_copy_(0, rows, v.contiguous())
+                    lc.d.index_copy_(0, rows, d)
+            else:
+                new_layers.append(LayerCache(k.contiguous(), v.contiguous(), d))
+            h = out
+        if self._layers is None:
+            self._layers = new_layers
+        return h, (h0 + acc if measure else None)
+
+    # ------------------------------------------------------------------ one evaluation
+    def _network(self, y: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        net, step, pricer = self._net, self._step, self.pricer
+        h0 = net.embed_tokens(y, tt)
+        batch, length, _ = h0.shape
+        n_layers = len(net.layers)
+        first = self._layers is None
+        if first or self._is_refresh(step):
+            measure = (not first) and self._adapt(step)
+            u = pricer.intensity(h0, self._h0_ref) if measure else None
+            h, h_reuse = self._full_rows(h0, None, measure)
+            out = net.readout(h)
+            if first:
+                pricer.mult = torch.ones(batch, length, device=h0.device)
+                pricer.kappa = torch.ones(batch, device=h0.device)
+            if measure:
+                pricer.measure(u, net.readout(h_reuse), out, calibrate=step == 1)
+            self._h0_ref = h0.clone()
+            pricer.F_ref = out
+            self._acc = torch.zeros(batch, length, device=h0.device)
+            self._count(full=True, layers=n_layers, length=length, batch=batch, computed=batch * length)
+            self._bytes()
+            return out
+
+        sel, full, g = self._select(y, h0)
+        counts = sel.sum(1)
+        n_full_t = full.sum()
+        n_max_t = counts.masked_fill(full, 0).max()
+        n_full, n_max = (int(v) for v in torch.stack([n_full_t, n_max_t]).tolist())  # the one host sync per step
+        out = torch.empty(batch, length, y.shape[-1], device=y.device, dtype=y.dtype)
+        computed = 0
+        extra = self._stats.extra
+        if n_full:
+            rows = full.nonzero().squeeze(1)
+            if n_full == batch:
+                h, _ = self._full_rows(h0, None, False)
+                self._h0_ref = h0.clone()
+                out = net.readout(h)
+            else:
+                h, _ = self._full_rows(h0.index_select(0, rows), rows, False)
+                self._h0_ref.index_copy_(0, rows, h0.index_select(0, rows))
+                out.index_copy_(0, rows, net.readout(h))
+            computed += n_full * length
+            extra["sample_full_recomputes"] = extra.get("sample_full_recomputes", 0) + n_full
+        if n_full < batch:
+            rows = None if n_full == 0 else (~full).nonzero().squeeze(1)
+            n = max(n_max, 1)
+            res = self._partial_rows(h0, sel, rows, n)
+            if rows is None:
+                out = res
+            else:
+                out.index_copy_(0, rows, res)
+            computed += (batch - n_full) * n
+        if g is not None:
+            fresh = sel | full[:, None]
+            self._acc = torch.where(fresh, torch.zeros_like(g), self._acc + g)
+        pricer.F_ref = out
+        self._count(full=n_full == batch, layers=n_layers, length=length, batch=batch, computed=computed)
+        return out
+
+    def forced_mask(self, length: int, device: torch.device) -> torch.Tensor:
+        """The ``K`` lowest-frequency tokens (order of :func:`tsdiff.diffusion.fourier.frequency_index`);
+        none in the time domain, where tokens have no frequency order."""
+        if self._forced is None:
+            forced = torch.zeros(length, dtype=torch.bool, device=device)
+            frequency = self._iface is not None and self._iface.frequency_domain
+            k = min(self.K, length) if frequency else 0
+            if k:
+                from tsdiff.diffusion.fourier import frequency_index
+
+                order = torch.sort(frequency_index(length), stable=True).indices[:k]
+                forced[order.to(device)] = True
+            self._forced = forced
+            self._stats.extra["K_effective"] = int(k)
+        return self._forced
+
+    def _select(self, y: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Tokens to recompute ``(B, L)``, samples to recompute in full ``(B,)`` and the predicted
+        deviation ``g`` of each token's reuse (None without the event trigger); on the device."""
+        batch, length = h0.shape[:2]
+        device = h0.device
+        gen = self._generator(device)
+        no_full = torch.zeros(batch, dtype=torch.bool, device=device)
+        if self.selection == "random":
+            n = max(1, int(round(self.budget * length)))
+            pos = torch.rand(length, generator=gen, device=device).topk(n).indices
+            sel = torch.zeros(length, dtype=torch.bool, device=device)
+            sel[pos] = True
+            return sel.expand(batch, length), no_full, None
+        sel = self.forced_mask(length, device).expand(batch, length).clone()
+        n_probe = int(round(self.random_probe_ratio * length))
+        if n_probe:
+            pos = torch.rand(length, generator=gen, device=device).topk(n_probe).indices
+            sel[:, pos] = True
+        full = no_full
+        g = None
+        if self.event_trigger and self.selection == "event":
+            pricer = self.pricer
+            g = pricer.harm(pricer.intensity(h0, self._h0_ref))
+            w = pricer.energy_weights(y)
+            intensity = (self._acc + g) / w  # in units of the sample's rms (data std units without energy weighting)
+            sel |= intensity > self.tau_0
+            full = pricer.rms(intensity) > self.tau_warn
+        full = full | (sel.sum(1) > self.full_fraction * length)
+        if self.batch_sync:
+            full = full.any().expand(batch)
+        return sel, full, g
+
+    def _partial_rows(self, h0: torch.Tensor, sel: torch.Tensor, rows: torch.Tensor | None, n: int) -> torch.Tensor:
+        """Recompute the selected tokens of batch rows ``rows`` (all when None) in every layer, against
+        all keys; reuse cached residuals/keys of the others. ``n`` tokens are gathered per sample
+        (selected ones first; padding slots are computed but their results are discarded)."""
+        net = self._net
+        if rows is not None:
+            h0 = h0.index_select(0, rows)
+            sel = sel.index_select(0, rows)
+        b, length, dm = h0.shape
+        prio = sel.to(h0.dtype) + torch.arange(length, 0, -1, device=h0.device, dtype=h0.dtype) / (2.0 * length)
+        idx = prio.topk(n, dim=1, sorted=False).indices  # (b, n) selected first, then padding
+        valid = sel.gather(1, idx)  # (b, n)
+        # selected (not padding) token slots, summed on the device; read once in finish()
+        self._selected = valid.sum() * len(net.layers) + (self._selected if self._selected is not None else 0)
+        idx_d = idx.unsqueeze(-1).expand(b, n, dm)
+        h = h0
+        for i, layer in enumerate(net.layers):
+            lc = self._layers[i]
+            kc = lc.k if rows is None else lc.k.index_select(0, rows)
+            vc = lc.v if rows is None else lc.v.index_select(0, rows)
+            dc = lc.d if rows is None else lc.d.index_select(0, rows)
+            hs = h.gather(1, idx_d)
+            q, k, v = layer.project_qkv(hs)
+            heads, dh = k.shape[1], k.shape[3]
+            idx_h = idx[:, None, :, None].expand(b, heads, n, dh)
+            valid_h = valid[:, None, :, None]
+            k = torch.where(valid_h, k, kc.gather(2, idx_h))
+            v = torch.where(valid_h, v, vc.gather(2, idx_h))
+            kc.scatter_(2, idx_h, k)
+            vc.scatter_(2, idx_h, v)
+            out = layer.compose(hs, layer.attend(q, kc, vc))
+            d_new = torch.where(valid.unsqueeze(-1), out - hs, dc.gather(1, idx_d))
+            dc.scatter_(1, idx_d, d_new)
+            if rows is not None:
+                lc.k.index_copy_(0, rows, kc)
+                lc.v.index_copy_(0, rows, vc)
+                lc.d.index_copy_(0, rows, dc)
+            h = h + dc
+        # the recomputed tokens' reference input is now the current one
+        ref = self._h0_ref if rows is None else self._h0_ref.index_select(0, rows)
+        ref.scatter_(1, idx_d, torch.where(valid.unsqueeze(-1), h0.gather(1, idx_d), ref.gather(1, idx_d)))
+        if rows is not None:
+            self._h0_ref.index_copy_(0, rows, ref)
+        return net.readout(h)
