@@ -16,6 +16,8 @@ from tsdiff.caching import E2CRFCache, StepE2CRF
 from tsdiff.sampling import DiffusionSampler
 from tsdiff.sampling.contract import Codec, DeclaresCache, DiffusionModel, declares
 
+from shared_fixtures import hydra_conf, one_thread  # noqa: F401  (fixtures)
+
 pytestmark = pytest.mark.usefixtures("one_thread", "hydra_conf")
 N, STEPS = 3, 4
 TINY_SCORE = ["score_model.backbone.d_model=8", "score_model.backbone.num_layers=1"]

@@ -14,6 +14,8 @@ from tsdiff.models.score_models import ScoreModule
 from tsdiff.nets.score_nets import TransformerScoreNet
 from tsdiff.tasks.sampler_cfg import build_sampler, num_steps
 
+from shared_fixtures import hydra_conf, one_thread  # noqa: F401  (fixtures)
+
 pytestmark = pytest.mark.usefixtures("one_thread", "hydra_conf")
 
 

@@ -171,8 +171,10 @@ _SAMPLING = {
 RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "train": {**_SEED, **_TRAINER, **_DATA, **_LOGGER, "fourier_transform": _bool()},
     "sample": {
-        **_SEED, **_SAMPLING, **_CACHE, **_LOGGER, "sample_batch_size": _int(1), "use_cache": _bool(), "progress": _bool(),
-        "solver": _choice("auto", "ddpm", "ddim", "dpm_solver++", "euler_maruyama", "pf_ode"),
+        **_SEED, **_SAMPLING, **_CACHE, **_LOGGER, "sample_batch_size": _int(1), "use_cache": _bool(null=True),
+        "progress": _bool(), "sampler.steps": _int(1),
+        # the older `solver=` alias (null: the sampler group decides)
+        "solver": _choice(None, "auto", "ddpm", "ddim", "dpm_solver++", "dpm_solver_pp", "euler_maruyama", "pf_ode"),
         "fourier_transform": _bool(null=True),
     },
     "evaluate": {

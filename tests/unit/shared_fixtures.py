@@ -1,4 +1,5 @@
-"""Fixtures shared by unit tests that opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+"""Fixtures shared by unit tests: import them into the test module (a second conftest.py would shadow the
+integration conftest that tests import helpers from)."""
 
 from pathlib import Path
 
