@@ -174,7 +174,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         **_SEED, **_SAMPLING, **_CACHE, **_LOGGER, "sample_batch_size": _int(1), "use_cache": _bool(null=True),
         "progress": _bool(), "sampler.steps": _int(1),
         # the older `solver=` alias (null: the sampler group decides)
-        "solver": _choice(None, "auto", "ddpm", "ddim", "dpm_solver++", "dpm_solver_pp", "euler_maruyama", "pf_ode"),
+        "solver": _choice(None, "auto", "ddpm", "ddim", "dpm_solver++", "dpmpp", "euler_maruyama", "pf_ode"),
         "fourier_transform": _bool(null=True),
     },
     "evaluate": {
