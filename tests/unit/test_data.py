@@ -172,3 +172,28 @@ def test_hydra_configs_instantiate_every_datamodule():
                               {"datamodule": OmegaConf.load(conf_dir / f"{name}.yaml")})
         dm = instantiate(cfg.datamodule)
         assert dm.dataset_name == name and str(dm.data_dir) == f"data/{name}"
+
+
+def test_minmax_scaling_maps_the_training_range_to_minus_one_one_and_back():
+    from tsdiff.data.windows import Scaler
+
+    x = np.stack([np.linspace(-3.0, 5.0, 50), np.full(50, 2.0)], axis=1)  # second channel constant
+    sc = Scaler.fit_kind(x, "minmax")
+    z = sc.transform(x)
+    assert np.allclose(z[:, 0].min(), -1.0) and np.allclose(z[:, 0].max(), 1.0)
+    assert np.allclose(z[:, 1], 0.0)  # a constant channel is only centred, not blown up
+    assert np.allclose(sc.inverse_transform(z), x, atol=1e-5)
+    with pytest.raises(ValueError, match="scaling='robust'"):
+        Scaler.fit_kind(x, "robust")
+
+
+def test_datamodule_scaling_minmax_option(tmp_path):
+    from tsdiff.data import StocksDataModule
+
+    dm = StocksDataModule(data_dir=str(tmp_path), scaling="minmax", split="blocks")
+    dm.setup("fit")
+    train = dm.train_array("train")
+    assert train.min() >= -1.0 - 1e-5 and train.max() <= 1.0 + 1e-5
+    assert np.isclose(train.min(), -1.0, atol=1e-4) and np.isclose(train.max(), 1.0, atol=1e-4)
+    with pytest.raises(ValueError, match="scaling='zscore'"):
+        StocksDataModule(data_dir=str(tmp_path), scaling="zscore")

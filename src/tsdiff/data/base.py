@@ -11,7 +11,7 @@ independent sequences); everything that affects evaluation fairness lives here, 
   For collections of independent sequences (ECG beats, NASDAQ stocks, NASA cycles, drought
   counties) whole sequences are assigned to a split at random with ``seed``, as fdiff does
   (``torch.randperm`` with ``train_frac=0.9``), so windows of one sequence stay in one split.
-- **Standardization is fitted on the training split only**, per channel (mean / std over all train
+- **Scaling (standard or min-max) is fitted on the training split only**, per channel (mean / std over all train
   time steps), and applied to every split; :attr:`scaler` maps model outputs back to original units.
   fdiff standardizes per (time step, channel) pair; tsdiff's contract is per channel, which keeps
   the scaler independent of ``seq_len`` and valid for any window.
@@ -30,101 +30,20 @@ from typing import ClassVar, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from tsdiff.data.errors import DataFormatError, DatasetUnavailableError
 from tsdiff.data.kaggle import download_kaggle_dataset, missing_files, unavailable_message
 from tsdiff.data.quality import check_training_data
 from tsdiff.data.specs import DatasetSpec, get_spec
+from tsdiff.data.windows import SCALINGS, Scaler, WindowDataset, sliding_windows
 
-__all__ = ["Scaler", "WindowDataset", "TimeSeriesDataModule", "sliding_windows"]
+__all__ = ["Scaler", "WindowDataset", "TimeSeriesDataModule", "sliding_windows"]  # the first, second and last from data.windows
 
 log = logging.getLogger(__name__)
 
 Split = Literal["train", "val", "test"]
 _SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-
-class Scaler:
-    """Per-channel affine standardization ``(x - mean) / std``, fitted on training data.
-
-    Works on numpy arrays and torch tensors of any shape whose last axis is the channel axis.
-    A channel with (near) zero spread on the training split gets ``std = 1`` so it is only centred
-    instead of blowing up.
-    """
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1)
-        self.std = np.asarray(std, dtype=np.float32).reshape(-1)
-        if self.mean.shape != self.std.shape:
-            raise ValueError(f"Scaler: mean {self.mean.shape} and std {self.std.shape} must have the same shape")
-
-    @classmethod
-    def fit(cls, values: np.ndarray, eps: float = 1e-8) -> "Scaler":
-        """Fit on ``values`` of shape (..., channels), pooling every axis but the last."""
-        flat = np.asarray(values, dtype=np.float64).reshape(-1, values.shape[-1])
-        mean = flat.mean(axis=0)
-        std = flat.std(axis=0)
-        std = np.where(std < eps, 1.0, std)
-        return cls(mean, std)
-
-    @classmethod
-    def identity(cls, n_channels: int) -> "Scaler":
-        return cls(np.zeros(n_channels), np.ones(n_channels))
-
-    def _params_like(self, x):
-        if isinstance(x, torch.Tensor):
-            return (torch.as_tensor(self.mean, dtype=x.dtype, device=x.device),
-                    torch.as_tensor(self.std, dtype=x.dtype, device=x.device))
-        return self.mean, self.std
-
-    def _check(self, x) -> None:
-        if x.shape[-1] != self.mean.shape[0]:
-            raise ValueError(
-                f"Scaler: input has {x.shape[-1]} channels on its last axis, the scaler was fitted on "
-                f"{self.mean.shape[0]}; pass arrays shaped (..., length, channels)"
-            )
-
-    def transform(self, x):
-        self._check(x)
-        mean, std = self._params_like(x)
-        return (x - mean) / std
-
-    def inverse_transform(self, x):
-        """Back to original units; ``x`` is a numpy array or a tensor shaped (..., channels)."""
-        self._check(x)
-        mean, std = self._params_like(x)
-        return x * std + mean
-
-    def __repr__(self) -> str:
-        return f"Scaler(mean={self.mean.tolist()}, std={self.std.tolist()})"
-
-
-class WindowDataset(Dataset):
-    """Windows (N, seq_len, channels) served as ``{"x": window}`` dicts."""
-
-    def __init__(self, windows: np.ndarray) -> None:
-        self.windows = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-
-    def __len__(self) -> int:
-        return self.windows.shape[0]
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"x": self.windows[index]}
-
-
-def sliding_windows(series: np.ndarray, seq_len: int, stride: int) -> np.ndarray:
-    """All windows ``series[s : s + seq_len]`` for ``s = 0, stride, 2*stride, ...`` (a copy).
-
-    ``series`` is (length, channels); the result is (n_windows, seq_len, channels). The last window
-    ends at or before the end of the series (windows are never padded).
-    """
-    length = series.shape[0]
-    if length < seq_len:
-        return np.empty((0, seq_len, series.shape[1]), dtype=np.float32)
-    starts = np.arange(0, length - seq_len + 1, stride)
-    view = np.lib.stride_tricks.sliding_window_view(series, seq_len, axis=0)  # (L-s+1, C, s)
-    return np.ascontiguousarray(view[starts].transpose(0, 2, 1), dtype=np.float32)
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -149,7 +68,10 @@ class TimeSeriesDataModule(pl.LightningDataModule):
             series, of the sequences otherwise; carved out of the training pool when the data set
             ships its own test file, like ECG).
         test_fraction: share used for testing; ignored when the data set has a fixed test file.
-        standardize: standardize each channel with train-split statistics.
+        standardize: standardize each channel with train-split statistics (``false`` = raw values);
+            ignored when ``scaling`` is given.
+        scaling: ``standard`` (per-channel mean/std), ``minmax`` (training range to ``[-1, 1]``, the
+            Diffusion-TS / K-ProtoDiff convention) or ``none``; ``None`` follows ``standardize``.
         stride: step between window starts. ``None``: 1 for long series (Diffusion-TS setting),
             ``seq_len`` (non-overlapping) for collections, which with the default ``seq_len`` gives
             exactly one window per sequence as in fdiff.
@@ -182,8 +104,11 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         drop_last: bool = False,
         split: str = "chronological",
         num_blocks: int = 20,
+        scaling: str | None = None,
     ) -> None:
         super().__init__()
+        if scaling is not None and scaling not in SCALINGS:
+            raise ValueError(f"scaling='{scaling}' is not supported; use one of {', '.join(SCALINGS)} (or null)")
         if split not in ("chronological", "blocks"):
             raise ValueError(f"split='{split}' is not supported; use 'chronological' or 'blocks'")
         if int(num_blocks) < 3:
@@ -211,6 +136,7 @@ class TimeSeriesDataModule(pl.LightningDataModule):
                 f"data; keep their sum below 1 (e.g. 0.1 and 0.1)"
             )
         self.standardize = bool(standardize)
+        self.scaling = scaling if scaling is not None else ("standard" if self.standardize else "none")
         if stride is None:
             stride = 1 if self.layout == "series" else self._seq_len
         self.stride = int(stride)
@@ -258,7 +184,7 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         if isinstance(train_raw, list):
             train_raw = np.concatenate(train_raw, axis=0)
         n_channels = train_raw.shape[-1]
-        self._scaler = Scaler.fit(train_raw) if self.standardize else Scaler.identity(n_channels)
+        self._scaler = Scaler.fit_kind(train_raw, self.scaling)
         windows = {}
         for split, raw in segments.items():
             if isinstance(raw, list):  # blocks of one series: windows inside each block only

@@ -157,6 +157,7 @@ _DATA = {
     "datamodule.train_stride": _int(1, null=True),
     "datamodule.eval_stride": _int(1, null=True),
     "datamodule.standardize": _bool(null=True),
+    "datamodule.scaling": _choice(None, "standard", "minmax", "none"),
 }
 _LOGGER = {"logger.kind": _choice("wandb", "csv", "none")}
 _SEED = {"seed": _int()}
