@@ -16,6 +16,10 @@ usdroughts     :class:`USDroughtsDataModule` Kaggle cdminix/us-drought-meteorolo
 mimiciii       :class:`MIMICIIIDataModule` PhysioNet (restricted; manual download)
 =============  ==========================  ===============================================
 
+Class-labelled UCR/UEA sets (:mod:`tsdiff.data.uea`): ``japanese_vowels``
+(:class:`JapaneseVowelsDataModule`, bundled, 12 channels, 9 classes) and ``uea``
+(:class:`UEADataModule`, local ``.ts`` files such as BasicMotions or ECG5000).
+
 Every datamodule yields ``{"x": FloatTensor(batch, seq_len, channels)}`` batches, standardized with
 statistics of the training split; see :mod:`tsdiff.data.base`.
 """
@@ -35,6 +39,7 @@ from tsdiff.data.datamodules import (
 from tsdiff.data.errors import DataFormatError, DatasetUnavailableError
 from tsdiff.data.specs import SPECS, DatasetSpec, get_spec
 from tsdiff.data.synthetic import SyntheticDataModule, make_sinusoids
+from tsdiff.data.uea import JapaneseVowelsDataModule, UEADataModule
 
 DATAMODULES = {
     "stocks": StocksDataModule,
@@ -46,6 +51,8 @@ DATAMODULES = {
     "nasa": NASADataModule,
     "usdroughts": USDroughtsDataModule,
     "mimiciii": MIMICIIIDataModule,
+    "japanese_vowels": JapaneseVowelsDataModule,
+    "uea": UEADataModule,
 }
 
 __all__ = [
@@ -56,6 +63,8 @@ __all__ = [
     "DatasetUnavailableError",
     "ECGDataModule",
     "EnergyDataModule",
+    "JapaneseVowelsDataModule",
+    "UEADataModule",
     "MIMICIIIDataModule",
     "NASADataModule",
     "NASDAQDataModule",
