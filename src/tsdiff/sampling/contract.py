@@ -15,7 +15,12 @@ Optional, each declared by offering the method (a structural check, :func:`decla
   without them the diffusion space is the data space;
 * ``cache_interface()`` (:class:`DeclaresCache`) -- what a cache policy may use
   (:class:`~tsdiff.caching.interface.CacheInterface`); without it caches reuse whole denoiser outputs;
-* ``default_solver`` (:class:`PrefersSolver`) -- the solver name a sampler uses for ``solver="auto"``.
+* ``default_solver`` (:class:`PrefersSolver`) -- the solver name a sampler uses for ``solver="auto"``;
+* ``cascade_stages()`` (:class:`Cascades`) -- a list of :class:`Stage` s: the model is sampled as a cascade,
+  each stage a diffusion model of its own whose (decoded) sample becomes the next stage's condition
+  (L2D-Diff: latent code, then the series); :func:`tsdiff.tasks.sampler_cfg.build_sampler` then builds a
+  :class:`~tsdiff.sampling.cascade.CascadeSampler`. The model itself still satisfies the contract as its
+  last stage (given that stage's condition).
 
 Adding a model family: satisfy this contract in its system and add one row to
 ``tests/unit/test_model_contract.py``; no registry, no edits to the sampler or the tasks.
@@ -23,7 +28,8 @@ Adding a model family: satisfy this contract in its system and add one row to
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -60,6 +66,21 @@ class DeclaresCache(Protocol):
 @runtime_checkable
 class PrefersSolver(Protocol):
     default_solver: str
+
+
+@dataclass
+class Stage:
+    """One stage of a cascade: ``model`` satisfies :class:`DiffusionModel`; ``condition`` maps the previous
+    stage's (decoded) samples to this stage's ``cond`` (None: the stage is unconditional)."""
+
+    name: str
+    model: Any
+    condition: Callable[[torch.Tensor], Any] | None = None
+
+
+@runtime_checkable
+class Cascades(Protocol):
+    def cascade_stages(self) -> list[Stage]: ...
 
 
 def declares(model: Any, part: type) -> bool:

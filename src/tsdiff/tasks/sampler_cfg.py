@@ -5,6 +5,9 @@
   null for the model's default; the alias ``solver=<name>`` (+ ``solver_kwargs``) takes precedence.
 * ``sampler.steps``: the number of steps; the tasks read ``num_diffusion_steps``, which defaults to it.
 * ``sampler.guidance``: null or a ``_target_`` building a hook ``guidance(x0_hat, x_t, t, step)``.
+* ``sampler.stage_steps`` (optional): steps per stage of a cascaded model (one that declares
+  ``cascade_stages()``, :class:`~tsdiff.sampling.contract.Cascades`), which gets a
+  :class:`~tsdiff.sampling.cascade.CascadeSampler` with the same options for every stage.
 * ``cache``: a cache policy built by ``_target_`` (``none``, ``e2crf``, ``e2crf_token``, ``e2crf_step``,
   the ablation variants); the aliases ``use_cache`` and ``cache_kwargs.*`` switch and adjust it.
 """
@@ -100,6 +103,8 @@ def build_sampler(cfg: DictConfig, model: Any, device: Any, *, batch_size: int |
     ``solver_kwargs``); ``progress`` to ``cfg.progress`` (False when absent).
     """
     from tsdiff.sampling import DiffusionSampler
+    from tsdiff.sampling.cascade import CascadeSampler
+    from tsdiff.sampling.contract import Cascades, declares
 
     node = cache_config(cfg) if isinstance(cache, str) and cache == "config" else cache
     policy = build_cache(node if node is not None else {"_target_": NO_CACHE})
@@ -107,8 +112,7 @@ def build_sampler(cfg: DictConfig, model: Any, device: Any, *, batch_size: int |
         solver = solver_of(cfg)
         if solver_kwargs is None and cfg.get("solver_kwargs"):
             solver_kwargs = _plain(cfg.solver_kwargs)
-    return DiffusionSampler(
-        model,
+    options = dict(
         solver=solver,
         solver_kwargs=solver_kwargs or None,
         sample_batch_size=int(batch_size if batch_size is not None else cfg.sample_batch_size),
@@ -117,3 +121,7 @@ def build_sampler(cfg: DictConfig, model: Any, device: Any, *, batch_size: int |
         device=device,
         progress=bool(cfg.get("progress", False)) if progress is None else progress,
     )
+    if declares(model, Cascades):
+        stage_steps = (cfg.get("sampler") or {}).get("stage_steps")
+        return CascadeSampler(model.cascade_stages(), stage_steps=_plain(stage_steps), **options)
+    return DiffusionSampler(model, **options)
