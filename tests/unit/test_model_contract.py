@@ -14,7 +14,8 @@ from hydra.utils import instantiate
 
 from tsdiff.caching import E2CRFCache, StepE2CRF
 from tsdiff.sampling import DiffusionSampler
-from tsdiff.sampling.contract import Codec, DeclaresCache, DiffusionModel, declares
+from tsdiff.sampling.cascade import CascadeSampler
+from tsdiff.sampling.contract import Cascades, Codec, DeclaresCache, DiffusionModel, declares
 
 from shared_fixtures import hydra_conf, one_thread  # noqa: F401  (fixtures)
 
@@ -59,6 +60,10 @@ FAMILIES = {
                                       "score_model.backbone.dim_feedforward=16"], SCORE_DATA, _series, token_blocks=True),
     "score-lstm-freq": Family(["score_model=lstm", "fourier_transform=true", *TINY_SCORE], SCORE_DATA, _series),
     "score-lstm-time": Family(["score_model=lstm", "fourier_transform=false", *TINY_SCORE], SCORE_DATA, _series),
+    "l2d-diff": Family(["model=l2d_diff", "model.latent_dim=4", "model.ae_hidden=8", "model.ae_depth=1", "model.decoder_hidden=8",
+                         "model.latent_hidden=8", "model.latent_blocks=1", "model.cond_channels=4", "model.cond_hidden=8",
+                         "model.data_hidden=8", "model.data_blocks=2"], SCORE_DATA, _series,
+                        lambda model, gen: {"r": torch.randn(N, model.latent_dim, generator=gen)}),
     "timediff-ci": Family(["model=timediff_ci", *TINY_TIMEDIFF], {"lookback": 16, "horizon": 8, "n_channels": 2},
                           _forecast_batch, _forecast_cond),
 }
@@ -104,6 +109,13 @@ def test_family_satisfies_the_contract_train_sample_decode(name):
         torch.testing.assert_close(model.decode(raw), a, rtol=1e-5, atol=1e-6)
     else:
         torch.testing.assert_close(raw, a, rtol=0, atol=0)
+    if declares(model, Cascades):  # a cascade ends in the model's own sample space, every stage a contract model
+        stages = model.cascade_stages()
+        assert stages and all(isinstance(s.model, DiffusionModel) for s in stages)
+        cascade = CascadeSampler(stages, sample_batch_size=2, progress=False)
+        c = cascade.sample(N, STEPS, seed=1)
+        assert c.shape == (N, *model.sample_shape) and torch.isfinite(c).all()
+        torch.testing.assert_close(cascade.sample(N, STEPS, seed=1), c, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
