@@ -46,10 +46,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("groups must map a name to a non-empty list of run ids, e.g. groups.l2d=[abc123,def456]")
     runs = {name: [resolve_run_dir(str(i), cfg.runs_dir) for i in ids] for name, ids in groups.items()}
     first = next(iter(runs.values()))[0]
-    data_cfg = load_run_config(first).datamodule
+    train_cfg = load_run_config(first)
     if cfg.get("data_root") is not None:
-        OmegaConf.update(data_cfg, "data_root", cfg.data_root, force_add=True)
-    dm = instantiate(data_cfg)
+        train_cfg.data_root = cfg.data_root
+    dm = instantiate(train_cfg.datamodule)
     dm.prepare_data()
     dm.setup("fit")
     if not hasattr(dm, "labels"):

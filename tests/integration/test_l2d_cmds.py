@@ -1,0 +1,63 @@
+"""L2D-Diff end to end in seconds: cmd/train.py's task with the three stages in one fit, then cmd/sample.py's task
+sampling the cascade (latent then data) through the shared sampler, evaluated, and the class-coverage command."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import compose_cfg
+
+TINY = ["model.latent_dim=4", "model.ae_hidden=8", "model.ae_depth=1", "model.decoder_hidden=16", "model.latent_hidden=16",
+        "model.latent_blocks=1", "model.cond_channels=4", "model.cond_hidden=8", "model.data_hidden=8", "model.data_blocks=2"]
+QUALITY_TINY = ["quality.num_runs=2", "quality.context_fid_iterations=2", "quality.discriminative_iterations=3",
+                "quality.num_threads=1"]
+
+
+def _train(runs_dir, model, steps, run_id):
+    from tsdiff.tasks.train import run
+
+    return run(compose_cfg("train", [
+        f"model={model}", "datamodule=japanese_vowels", "datamodule.batch_size=128", "trainer.max_epochs=-1",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.limit_val_batches=1",
+        "logger=csv", f"runs_dir={runs_dir}", f"run_id={run_id}", f"model.stage_steps={steps}", *TINY]))
+
+
+def _sample(runs_dir, run_id, *extra):
+    from tsdiff.tasks.sample import run
+
+    return run(compose_cfg("sample", [f"runs_dir={runs_dir}", f"model_id={run_id}", "num_samples=24", "progress=false",
+                                      "logger=none", "num_directions=20", *QUALITY_TINY, *extra]))
+
+
+@pytest.mark.slow
+def test_l2d_train_sample_evaluate_and_class_coverage(runs_dir, capsys):
+    out = _train(runs_dir, "l2d_diff", "[3,2,3]", "full")
+    assert out["optimizer_steps"] == 8  # the model stops itself after its stage budgets
+    res = _sample(runs_dir, "full", "sampler=dpm_solver_pp", "+sampler.stage_steps=[3,4]")
+    samples = np.load(Path(res["sample_dir"]) / "samples.npy")
+    assert samples.shape == (24, 29, 12) and np.isfinite(samples).all()
+    stages = res["sampling"]["stages"]
+    assert [s["stage"] for s in stages] == ["latent", "data"] and [s["num_steps"] for s in stages] == [3, 4]
+    assert res["sampling"]["network_evaluations"] == 7 and set(res["quality"]["sets"]) == {"model", "gaussian", "held_out"}
+
+    _train(runs_dir, "l2d_diff_latent_only", "[2,2,0]", "latent")
+    _sample(runs_dir, "latent", "sampler=ddim", "sampler.steps=3")
+    from tsdiff.tasks.class_coverage import run
+
+    cov = run(compose_cfg("class_coverage", [f"runs_dir={runs_dir}", "+groups.l2d=[full]", "+groups.latent_only=[latent]",
+                                             "classifier_steps=20"]))
+    assert set(cov["groups"]) == {"l2d", "latent_only", "gaussian", "held_out"}
+    assert len(cov["real_histogram"]) == 9 and 0 <= cov["groups"]["l2d"]["tvd"]["mean"] <= 1
+    assert cov["groups"]["l2d"]["context_fid"]["mean"] == res["quality"]["sets"]["model"]["context_fid"]["mean"]
+    assert "class coverage on japanese_vowels" in capsys.readouterr().out
+
+
+def test_l2d_refuses_a_step_budget_below_its_stages(runs_dir):
+    from tsdiff.tasks.train import run
+
+    with pytest.raises(ValueError, match="max_steps"):
+        run(compose_cfg("train", ["model=l2d_diff", "datamodule=japanese_vowels", "trainer.max_steps=2", "logger=none",
+                                  f"runs_dir={runs_dir}", "trainer.enable_progress_bar=false", "model.stage_steps=[2,2,2]", *TINY]))
+    assert not any(Path(runs_dir).glob("*/checkpoints/last.ckpt"))
