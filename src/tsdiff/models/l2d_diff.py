@@ -121,6 +121,7 @@ class L2DDiff(pl.LightningModule):
         self.register_buffer("latent_std", torch.ones(self.latent_dim))
         self.register_buffer("latent_stats_ready", torch.tensor(False))
         self._train_windows: torch.Tensor | None = None
+        self._train_latents: torch.Tensor | None = None
         self._generators: dict[str, torch.Generator] = {}
 
     # ------------------------------------------------------------------ contract (the data branch)
@@ -166,15 +167,19 @@ class L2DDiff(pl.LightningModule):
             return (self.autoencoder.encode(x) - self.latent_mean) / self.latent_std
 
     def _ensure_latent_stats(self, x: torch.Tensor) -> None:
-        """Mean/std of the encoded training windows (the datamodule's, else this batch's), once."""
-        if bool(self.latent_stats_ready):
+        """Mean/std of the encoded training windows (the datamodule's, else this batch's), once; with a
+        datamodule also the standardized latents of its training windows (the latent stage's data)."""
+        if bool(self.latent_stats_ready) and (self._train_windows is None or self._train_latents is not None):
             return
         ref = self._train_windows if self._train_windows is not None else x
         with torch.no_grad():
             r = torch.cat([self.autoencoder.encode(chunk.to(self.device)) for chunk in ref.split(512)])
-        self.latent_mean.copy_(r.mean(0))
-        self.latent_std.copy_(r.std(0).clamp_min(1e-4) if len(r) > 1 else torch.ones_like(r[0]))
-        self.latent_stats_ready.fill_(True)
+        if not bool(self.latent_stats_ready):  # a resumed run keeps the statistics it trained with
+            self.latent_mean.copy_(r.mean(0))
+            self.latent_std.copy_(r.std(0).clamp_min(1e-4) if len(r) > 1 else torch.ones_like(r[0]))
+            self.latent_stats_ready.fill_(True)
+        if self._train_windows is not None:
+            self._train_latents = (r - self.latent_mean) / self.latent_std
 
     # ------------------------------------------------------------------ losses
     def stage_at(self, step: int) -> str:
@@ -191,8 +196,15 @@ class L2DDiff(pl.LightningModule):
         return masked_mse(x, self.autoencoder(x, ~masked), masked)
 
     def latent_loss(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """While training with a datamodule, the batch is drawn (with ``gen``) from the latents of the training
+        windows encoded once at the stage start (the encoder is frozen, so they do not change): the same
+        distribution as encoding the loader's batch, at a fraction of the cost."""
         self._ensure_latent_stats(x)
-        r0 = self.latents(x)
+        if self.training and self._train_latents is not None:
+            idx = torch.randint(0, len(self._train_latents), (len(x),), generator=gen, device=gen.device if gen else None)
+            r0 = self._train_latents[idx.to(self._train_latents.device)]
+        else:
+            r0 = self.latents(x)
         t = self.latent_schedule.sample_training_times(len(x), device=x.device, generator=gen)
         noise = torch.randn(r0.shape, generator=gen, device=x.device)
         pred = self.latent_denoiser(self.latent_schedule.q_sample(r0, t, noise), self.latent_schedule.network_time(t))
