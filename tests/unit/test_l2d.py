@@ -161,3 +161,22 @@ def test_network_shapes():
     assert ConditionalConvDenoiser(2, 10, 5, 8, 3)(torch.randn(3, 10, 2), torch.arange(3.0), c).shape == (3, 10, 2)
     with pytest.raises(ValueError, match="latent input"):
         ResidualMLPDenoiser(4)(torch.randn(3, 5), torch.arange(3.0))
+
+
+def test_per_stage_ema_is_copied_in_when_the_stage_ends():
+    model = _model(stage_steps=(2, 2, 2), ema_decay=0.995)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for step in (1, 2):  # "optimizer steps" of the autoencoder stage: +1 each
+        with torch.no_grad():
+            for p in model.stage_parameters("autoencoder").values():
+                p.add_(1.0)
+        model._update_ema(step)
+    # warm-up: the average starts at the first weights (w + 1), then moves by 1 - 2/11 toward w + 2
+    for name, p in model.stage_parameters("autoencoder").items():
+        torch.testing.assert_close(p, start[name] + 1 + 9 / 11)
+    assert not model._ema  # nothing is held once the stage is done
+    for name, p in model.stage_parameters("latent").items():
+        torch.testing.assert_close(p, start[name])  # other stages untouched
+    model._update_ema(3)
+    assert set(model._ema) == set(model.stage_parameters("latent"))
+    assert set(model.stage_parameters("data")) >= {"null_code"}
