@@ -61,3 +61,30 @@ def test_l2d_refuses_a_step_budget_below_its_stages(runs_dir):
         run(compose_cfg("train", ["model=l2d_diff", "datamodule=japanese_vowels", "trainer.max_steps=2", "logger=none",
                                   f"runs_dir={runs_dir}", "trainer.enable_progress_bar=false", "model.stage_steps=[2,2,2]", *TINY]))
     assert not any(Path(runs_dir).glob("*/checkpoints/last.ckpt"))
+
+
+@pytest.mark.slow
+def test_l2d_interrupted_mid_stage_resumes_to_the_uninterrupted_result(runs_dir, monkeypatch):
+    """Interrupted inside the latent stage (its running average and noise stream in the checkpoint), resumed,
+    it ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+
+    import pytorch_lightning as pl
+    import torch
+
+    from tsdiff.tasks.train import run
+
+    ref = _train(runs_dir, "l2d_diff", "[3,3,2]", "ref")  # 2 batches an epoch: stops after epoch 1 = step 4
+    monkeypatch.setattr(pl.LightningModule, "on_validation_epoch_end",
+                        lambda self: os.kill(os.getpid(), signal.SIGINT) if not self.trainer.sanity_checking
+                        and self.current_epoch == 1 else None)
+    with pytest.raises(SystemExit):
+        _train(runs_dir, "l2d_diff", "[3,3,2]", "cut")
+    monkeypatch.undo()
+    resumed = run(compose_cfg("train", [f"runs_dir={runs_dir}", "resume=cut", "trainer.enable_progress_bar=false"]))
+    assert resumed["optimizer_steps"] == ref["optimizer_steps"] == 8
+    w_ref = torch.load(Path(ref["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    w_res = torch.load(Path(resumed["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for key in w_ref:
+        torch.testing.assert_close(w_res[key], w_ref[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -131,6 +131,7 @@ class L2DDiff(pl.LightningModule):
         self._train_latents: torch.Tensor | None = None
         self._generators: dict[str, torch.Generator] = {}
         self._ema: dict[str, torch.Tensor] = {}  # the running stage's averaged parameters (checkpointed)
+        self._resume_generator: torch.Tensor | None = None
         if ema_decay is not None and not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) (null: no averaging), got {ema_decay}")
 
@@ -254,7 +255,10 @@ class L2DDiff(pl.LightningModule):
             raise ValueError(f"trainer.max_steps={max_steps} ends before L2D-Diff's stages are done "
                              f"(model.stage_steps sum to {total}); set trainer.max_steps=-1 (the model stops itself) "
                              "or lower model.stage_steps")
-        self._generator("train", 0, fresh=True)
+        gen = self._generator("train", 0, fresh=True)
+        if self._resume_generator is not None:  # a resumed run draws the noise an uninterrupted one would
+            gen.set_state(self._resume_generator)
+            self._resume_generator = None
 
     def _x(self, batch: Any) -> torch.Tensor:
         x = batch["x"] if isinstance(batch, dict) else batch
@@ -305,9 +309,12 @@ class L2DDiff(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["l2d_ema"] = {k: v.detach().cpu().clone() for k, v in self._ema.items()}
+        if "train" in self._generators:
+            checkpoint["l2d_generator"] = self._generators["train"].get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._ema = {k: v.to(self.device) for k, v in checkpoint.get("l2d_ema", {}).items()}
+        self._resume_generator = checkpoint.get("l2d_generator")
 
     def on_validation_epoch_start(self) -> None:
         self._generator("val", 1, fresh=True)
