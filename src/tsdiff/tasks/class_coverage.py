@@ -1,8 +1,8 @@
-"""``python cmd/class_coverage.py runs_dir=... groups.l2d=[id1,id2,id3] groups.latent_only=[...]``: compare groups
+"""``python cmd/class_coverage.py runs_dir=... +groups.l2d=[id1,id2,id3] +groups.latent_only=[...]``: compare groups
 of sampled runs (e.g. one model family over 3 training seeds) on a class-labelled data set.
 
-For every run the newest sample folder written by ``cmd/sample.py`` is read (``samples.npy`` and its
-``metrics.json``); all runs must have been trained on the same data set, one with ``labels(split)``
+For every run a sample folder written by ``cmd/sample.py`` is read (``samples.npy`` and its ``metrics.json``;
+``sample_index``: -1 the newest, 0 the first); all runs must have been trained on the same data set, one with ``labels(split)``
 (:mod:`tsdiff.data.uea`). Per group, over its runs (mean ± 95 % Student-t interval over the training seeds):
 
 * Context-FID and discriminative score against the training windows, as ``cmd/sample.py`` measured them
@@ -27,11 +27,14 @@ from tsdiff.runs import resolve_run_dir
 from tsdiff.tasks.common import format_table, load_run_config
 
 
-def _latest_samples(run_dir: Path) -> Path:
+def _samples_dir(run_dir: Path, index: int = -1) -> Path:
+    """The run's sample folder number ``index`` in time order (-1: the newest)."""
     folders = sorted(p for p in (run_dir / "samples").glob("*") if (p / "samples.npy").is_file()) if (run_dir / "samples").is_dir() else []
     if not folders:
         raise FileNotFoundError(f"run '{run_dir.name}' has no samples; run `python cmd/sample.py model_id={run_dir.name}` first")
-    return folders[-1]
+    if not -len(folders) <= index < len(folders):
+        raise ValueError(f"sample_index={index} but run '{run_dir.name}' has {len(folders)} sample folders")
+    return folders[index]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -61,14 +64,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     train, y = dm.train_array("train"), dm.labels("train")
     held_x = np.concatenate([dm.train_array("val"), dm.train_array("test")])
     held_y = np.concatenate([dm.labels("val"), dm.labels("test")])
-    seed = int(cfg.seed)
-    n = int(np.load(_latest_samples(first) / "samples.npy").shape[0])
+    seed, index = int(cfg.seed), int(cfg.get("sample_index", -1))
+    n = int(np.load(_samples_dir(first, index) / "samples.npy").shape[0])
     refs = {"gaussian": gaussian_baseline(train, n, seed), "held_out": held_x}
     candidates = {**refs}
     quality: dict[str, list[dict]] = {}
     for name, dirs in runs.items():
         for k, d in enumerate(dirs):
-            folder = _latest_samples(d)
+            folder = _samples_dir(d, index)
             candidates[f"{name}#{k}"] = np.load(folder / "samples.npy")
             q = (OmegaConf.to_container(OmegaConf.load(folder / "metrics.json")) or {}).get("quality") or {}
             quality.setdefault(name, []).append(q.get("sets", {}))
