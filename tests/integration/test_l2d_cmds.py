@@ -1,12 +1,10 @@
 """L2D-Diff end to end in seconds: cmd/train.py's task with the three stages in one fit, then cmd/sample.py's task
 sampling the cascade (latent then data) through the shared sampler, evaluated, and the class-coverage command."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import compose_cfg
 
 TINY = ["model.latent_dim=4", "model.ae_hidden=8", "model.ae_depth=1", "model.decoder_hidden=16", "model.latent_hidden=16",

@@ -4,14 +4,19 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from shared_fixtures import one_thread  # noqa: F401
 
 from tsdiff.models.l2d_diff import L2DDiff
-from tsdiff.nets.l2d import ConditionalConvDenoiser, LatentConditionNet, MaskedAutoencoder, ResidualMLPDenoiser, masked_mse
+from tsdiff.nets.l2d import (
+    ConditionalConvDenoiser,
+    LatentConditionNet,
+    MaskedAutoencoder,
+    ResidualMLPDenoiser,
+    masked_mse,
+)
 from tsdiff.sampling import DiffusionSampler
 from tsdiff.sampling.cascade import CascadeSampler
 from tsdiff.tasks.sampler_cfg import build_sampler
-
-from shared_fixtures import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = dict(latent_dim=4, ae_hidden=8, ae_depth=1, decoder_hidden=16, latent_hidden=16, latent_blocks=1, cond_channels=4,

@@ -8,7 +8,11 @@ import pytest
 from tsdiff.data import JapaneseVowelsDataModule, UEADataModule
 from tsdiff.data.errors import DataFormatError, DatasetUnavailableError
 from tsdiff.data.uea import parse_ts, to_length
-from tsdiff.metrics.class_coverage import class_coverage, class_histogram, total_variation
+from tsdiff.metrics.class_coverage import (
+    class_coverage,
+    class_histogram,
+    total_variation,
+)
 
 HEADER = "# comment\n@problemName Toy\n@timeStamps false\n@univariate false\n@dimensions 2\n@equalLength false\n@classLabel true a b\n@data\n"
 

@@ -42,7 +42,7 @@ from tsdiff.data.base import TimeSeriesDataModule
 from tsdiff.data.csvio import bundled_bytes
 from tsdiff.data.errors import DataFormatError, DatasetUnavailableError
 
-__all__ = ["parse_ts", "read_ts", "to_length", "UEADataModule", "JapaneseVowelsDataModule", "LENGTH_POLICIES"]
+__all__ = ["LENGTH_POLICIES", "JapaneseVowelsDataModule", "UEADataModule", "parse_ts", "read_ts", "to_length"]
 
 LENGTH_POLICIES = ("resample", "pad", "crop")
 

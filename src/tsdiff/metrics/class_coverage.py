@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ClassCNN", "train_classifier", "predict_classes", "class_histogram", "total_variation", "class_coverage"]
+__all__ = ["ClassCNN", "class_coverage", "class_histogram", "predict_classes", "total_variation", "train_classifier"]
 
 
 class ClassCNN(nn.Module):

@@ -37,11 +37,16 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from tsdiff.diffusion.schedules import LinearSchedule, NoiseSchedule
-from tsdiff.nets.l2d import (ConditionalConvDenoiser, LatentConditionNet, MaskedAutoencoder, ResidualMLPDenoiser,
-                             masked_mse)
+from tsdiff.nets.l2d import (
+    ConditionalConvDenoiser,
+    LatentConditionNet,
+    MaskedAutoencoder,
+    ResidualMLPDenoiser,
+    masked_mse,
+)
 from tsdiff.sampling.contract import Stage
 
-__all__ = ["L2DDiff", "LatentBranch", "VARIANTS", "STAGES"]
+__all__ = ["STAGES", "VARIANTS", "L2DDiff", "LatentBranch"]
 
 VARIANTS = ("full", "latent_only", "data_only")
 STAGES = ("autoencoder", "latent", "data")

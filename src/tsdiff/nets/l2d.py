@@ -25,7 +25,7 @@ from torch import nn
 from tsdiff.nets.embeddings import StepEmbedding
 from tsdiff.nets.ts2vec import TS2VecEncoder
 
-__all__ = ["MaskedAutoencoder", "masked_mse", "ResidualMLPDenoiser", "LatentConditionNet", "ConditionalConvDenoiser"]
+__all__ = ["ConditionalConvDenoiser", "LatentConditionNet", "MaskedAutoencoder", "ResidualMLPDenoiser", "masked_mse"]
 
 
 def _positive(**values: int) -> None:

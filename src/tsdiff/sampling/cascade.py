@@ -17,8 +17,9 @@ Example (L2D-Diff, Sec. "Inference"): ``r_0 ~ latent DDPM`` then ``x_0 ~ data DD
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

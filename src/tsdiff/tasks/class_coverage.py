@@ -87,7 +87,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         hist = np.mean([cov["sets"][k]["histogram"] for k in keys], axis=0).round(3).tolist()
         out["groups"][name] = {"runs": [d.name for d in runs.get(name, [])], "tvd": tvd, **metric, "histogram": hist,
                                "classes_covered": min(cov["sets"][k]["classes_covered"] for k in keys)}
-        fmt = lambda s: f"{s['mean']:.4f} ± {s['ci95']:.4f}" if s else "n/a"  # noqa: E731
+        fmt = lambda s: f"{s['mean']:.4f} ± {s['ci95']:.4f}" if s else "n/a"
         rows.append({"group": name, "runs": len(keys), "context_fid": fmt(metric.get("context_fid")),
                      "discriminative": fmt(metric.get("discriminative")), "class_tvd": fmt(tvd),
                      "classes": f"{out['groups'][name]['classes_covered']}/{dm.n_classes}"})
