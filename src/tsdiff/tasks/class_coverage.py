@@ -3,7 +3,8 @@ of sampled runs (e.g. one model family over 3 training seeds) on a class-labelle
 
 For every run a sample folder written by ``cmd/sample.py`` is read (``samples.npy`` and its ``metrics.json``;
 ``sample_index``: -1 the newest, 0 the first); all runs must have been trained on the same data set, one with ``labels(split)``
-(:mod:`tsdiff.data.uea`). Per group, over its runs (mean ± 95 % Student-t interval over the training seeds):
+(:mod:`tsdiff.data.uea`; the seed of the split may differ: the classifier and the real histogram come from the
+first run's split). Per group, over its runs (mean ± 95 % Student-t interval over the training seeds):
 
 * Context-FID and discriminative score against the training windows, as ``cmd/sample.py`` measured them
   (each run's value is already the mean of its ``quality.num_runs`` evaluation runs);
@@ -57,9 +58,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm.setup("fit")
     if not hasattr(dm, "labels"):
         raise ValueError(f"{type(dm).__name__} has no class labels; class coverage needs a labelled set (datamodule=japanese_vowels or uea)")
+    def data_of(run_dir: Path) -> dict:  # the data set, whatever the seed of its split
+        return {k: v for k, v in OmegaConf.to_container(load_run_config(run_dir).datamodule).items() if k != "seed"}
+
     for name, dirs in runs.items():
         for d in dirs:
-            if load_run_config(d).datamodule != load_run_config(first).datamodule:
+            if data_of(d) != data_of(first):
                 raise ValueError(f"run '{d.name}' ({name}) was trained on other data than '{first.name}'; compare runs of one data set")
     train, y = dm.train_array("train"), dm.labels("train")
     held_x = np.concatenate([dm.train_array("val"), dm.train_array("test")])
