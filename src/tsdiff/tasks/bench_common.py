@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tsdiff.results import free_path, write_result
+from tsdiff.results import free_path, stamp, write_result
 from tsdiff.runs import new_child_dir, resolve_run_dir
 from tsdiff.tasks.common import load_run_model
 from tsdiff.tasks.sampler_cfg import NO_CACHE, build_cache, cache_config, cache_options, solver_of
@@ -152,6 +152,7 @@ def write_outputs(cfg: DictConfig, run_dir: Path, kind: str, result: dict[str, A
     if not results_path:
         out_dir = new_child_dir(run_dir / "benchmarks", prefix=f"{kind}-")
         results_path = out_dir / "results.json"
+    result.update(stamp({"cache": "benchmark"}.get(kind, kind), result, run_id=run_dir.name))  # in place: the caller prints and returns this dict
     results_path = write_result(Path(results_path), result)  # the name written (a free one if taken)
     plot_path = cfg.get("plot_path") or free_path(results_path.with_suffix(".png"))
     return results_path, Path(plot_path)
