@@ -24,6 +24,9 @@ TINY_SCORE = ["score_model.backbone.d_model=8", "score_model.backbone.num_layers
 TINY_TIMEDIFF = ["model.hidden=8", "model.cond_hidden=8", "model.step_sinusoid_dim=8", "model.step_hidden_dim=8",
                  "model.ema_decay=null"]
 
+TINY_DTS = ["model.net.d_model=8", "model.net.num_heads=2", "model.net.dim_feedforward=16", "model.net.n_encoder_layers=1",
+            "model.net.n_decoder_layers=1", "model.net.step_sinusoid_dim=8", "model.schedule.num_timesteps=20", "model.ema_decay=null"]
+
 
 @dataclass
 class Family:
@@ -59,6 +62,8 @@ FAMILIES = {
                                       "score_model.backbone.dim_feedforward=16"], SCORE_DATA, _series, token_blocks=True),
     "score-lstm-freq": Family(["score_model=lstm", "fourier_transform=true", *TINY_SCORE], SCORE_DATA, _series),
     "score-lstm-time": Family(["score_model=lstm", "fourier_transform=false", *TINY_SCORE], SCORE_DATA, _series),
+    "diffusion_ts": Family(["model=diffusion_ts", *TINY_DTS], SCORE_DATA, _series),
+    "kprotodiff": Family(["model=kprotodiff", *TINY_DTS, "model.prototypes.n_prototypes=2"], SCORE_DATA, _series),
     "timediff-ci": Family(["model=timediff_ci", *TINY_TIMEDIFF], {"lookback": 16, "horizon": 8, "n_channels": 2},
                           _forecast_batch, _forecast_cond),
 }
