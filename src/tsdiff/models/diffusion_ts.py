@@ -138,16 +138,12 @@ class DiffusionTS(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(int(getattr(self.trainer, "estimated_stepping_batches", 0) or 0), 1)
-        warmup = min(self.hparams.lr_warmup_steps, max(total // 10, 1))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return 0.5 * (1.0 + math.cos(math.pi * progress)) * 0.9 + 0.1
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        total = max(int(getattr(self.trainer, "estimated_stepping_batches", 0) or 0), 2)
+        warmup = max(min(self.hparams.lr_warmup_steps, total // 10), 1)
+        lr_sched = torch.optim.lr_scheduler  # linear warm-up, then cosine decay to a tenth of the rate
+        sched = lr_sched.SequentialLR(opt, [lr_sched.LinearLR(opt, 1.0 / warmup, 1.0, warmup),
+                                            lr_sched.CosineAnnealingLR(opt, max(total - warmup, 1), self.hparams.lr / 10)],
+                                      milestones=[warmup])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
