@@ -26,6 +26,7 @@ from torch import nn
 
 from tsdiff.diffusion.schedules import CosineSchedule, NoiseSchedule
 from tsdiff.models.callbacks import EMA
+from tsdiff.utils import append_dims
 
 __all__ = ["DiffusionTS"]
 
@@ -43,6 +44,9 @@ class DiffusionTS(pl.LightningModule):
         lr, weight_decay, lr_warmup_steps: Adam with warm-up and cosine decay over the run's steps.
         ema_decay: EMA of the weights (null/0: none).
         default_solver: the sampler's solver for ``sampler=auto``.
+        precondition: wrap the network in EDM's preconditioning (``x0_hat = m + c_skip (x_t / alpha - m) + c_out
+            F(c_in (x_t / alpha - m))`` with the per-component training mean ``m`` and std, loss weight
+            ``1 / c_out^2``) -- a departure from Diffusion-TS (plain ``x0 = F(x_t)``); see docs/kprotodiff.md.
     """
 
     context_dim: int = 0
@@ -50,7 +54,7 @@ class DiffusionTS(pl.LightningModule):
     def __init__(self, n_channels: int | None = None, max_len: int | None = None, *, net: Net | None = None,
                  schedule: NoiseSchedule | None = None, loss: str = "l2", fourier_weight: float | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.0, lr_warmup_steps: int = 200, ema_decay: float | None = 0.995,
-                 default_solver: str = "ddpm", seed: int = 0):
+                 default_solver: str = "ddpm", precondition: bool = False, seed: int = 0):
         super().__init__()
         name = type(self).__name__
         if n_channels is None or max_len is None:
@@ -72,6 +76,15 @@ class DiffusionTS(pl.LightningModule):
         self.net = net if isinstance(net, nn.Module) else net(n_channels=int(n_channels), max_len=int(max_len),
                                                                context_dim=self.context_dim)
         self._check_net()
+        # per-component training mean/std (fit_data_stats), used when precondition=True
+        self.register_buffer("data_mean", torch.zeros(self.sample_shape))
+        self.register_buffer("data_std", torch.ones(self.sample_shape))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # runs saved before the preconditioning statistics existed were trained without preconditioning
+        state_dict.setdefault(prefix + "data_mean", torch.zeros_like(self.data_mean))
+        state_dict.setdefault(prefix + "data_std", torch.ones_like(self.data_std))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _check_net(self) -> None:
         if getattr(self.net, "context_dim", 0) != self.context_dim:
@@ -85,7 +98,32 @@ class DiffusionTS(pl.LightningModule):
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """``x0_hat`` for ``x_t`` ``(B, L, C)`` at step indices ``t`` ``(B,)``; ``cond`` is unused (unconditional)."""
-        return self.net(x, t.to(x.dtype), self.context())
+        if not self.hparams.precondition:
+            return self.net(x, t.to(x.dtype), self.context())
+        alpha, c_skip, c_out, c_in = self.preconditioning(t, x.ndim)
+        centred = x / alpha - self.data_mean
+        return self.data_mean + c_skip * centred + c_out * self.net(c_in * centred, t.to(x.dtype), self.context())
+
+    def preconditioning(self, t: torch.Tensor, ndim: int) -> tuple[torch.Tensor, ...]:
+        """``alpha, c_skip, c_out, c_in`` (Karras et al. 2022, Table 1, for ``x_t / alpha = x0 + (sigma / alpha) eps``,
+        around the per-component training mean and std), broadcastable to ``(B, L, C)``."""
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        alpha = append_dims(alpha.to(self.data_std.dtype), ndim)
+        s2 = (append_dims(sigma.to(self.data_std.dtype), ndim) / alpha) ** 2
+        d2 = self.data_std**2
+        return alpha, d2 / (s2 + d2), (s2 * d2 / (s2 + d2)).sqrt(), (s2 + d2).rsqrt()
+
+    @torch.no_grad()
+    def fit_data_stats(self, windows: torch.Tensor) -> None:
+        """Per-component mean and std of the training windows ``(N, L, C)`` (std floored at 1% of its rms)."""
+        w = torch.as_tensor(windows, dtype=torch.float64)
+        std = w.std(dim=0) if len(w) > 1 else torch.ones_like(w[0])
+        self.data_std.copy_(std.clamp_min(max(0.01 * float(std.pow(2).mean().sqrt()), 1e-6)).float())
+        self.data_mean.copy_(w.mean(dim=0).float())
+
+    def on_datamodule_ready(self, datamodule) -> None:
+        """Called by the train task before fitting: the data statistics of the preconditioning."""
+        self.fit_data_stats(torch.from_numpy(datamodule.train_array("train")))
 
     # ------------------------------------------------------------------ training
     def _errors(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -96,10 +134,13 @@ class DiffusionTS(pl.LightningModule):
         t = self.schedule.sample_training_times(x0.shape[0], device=x0.device, generator=generator)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         pred = self.denoise(self.schedule.q_sample(x0, t, eps), t)
-        loss = self._errors(pred, x0).mean()
+        # preconditioned: weight 1 / c_out^2 (unit-variance targets for the network; EDM's loss weight)
+        weight = self.preconditioning(t, x0.ndim)[2].pow(-2) if self.hparams.precondition else x0.new_ones(1, 1, 1)
+        loss = (weight * self._errors(pred, x0)).mean()
         if self.fourier_weight > 0:
             fp, ft = torch.fft.rfft(pred, dim=1, norm="forward"), torch.fft.rfft(x0, dim=1, norm="forward")
-            loss = loss + self.fourier_weight * (self._errors(fp.real, ft.real) + self._errors(fp.imag, ft.imag)).mean()
+            per_sample = weight.mean(dim=(1, 2), keepdim=True)
+            loss = loss + self.fourier_weight * (per_sample * (self._errors(fp.real, ft.real) + self._errors(fp.imag, ft.imag))).mean()
         return loss
 
     def extra_loss(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -59,7 +59,8 @@ class KProtoDiff(DiffusionTS):
         self.kpl = kpl
 
     def on_datamodule_ready(self, datamodule) -> None:
-        """Called by the train task before fitting: start the banks at training snippets (seeded)."""
+        """Called by the train task before fitting: data statistics, and the banks start at training snippets."""
+        super().on_datamodule_ready(datamodule)
         if self.hparams.init_prototypes:
             windows = torch.from_numpy(datamodule.train_array("train"))
             self.kpl.init_from(windows.to(self.kpl.banks[0].device), torch.Generator().manual_seed(int(self.hparams.seed)))
