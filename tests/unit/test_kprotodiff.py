@@ -179,3 +179,19 @@ def test_sines_are_seeded_diffusion_ts_sines_and_csv_windows_read_the_forecastin
     assert dm.dataset_name == "toy" and dm.train_array().shape[1:] == (4, 2) and dm.channel_names == ["a", "b"]
     with pytest.raises(FileNotFoundError, match="kaggle_slug"):
         CSVWindowsDataModule(data_dir=str(tmp_path), filename="missing.csv").prepare_data()
+
+
+def test_preconditioning_keeps_the_input_at_low_noise_and_the_mean_at_high_noise():
+    torch.manual_seed(0)
+    model = DiffusionTS(2, 8, net=_net(), schedule=CosineSchedule(50), ema_decay=None, precondition=True).eval()
+    windows = 0.3 + 0.5 * torch.randn(200, 8, 2)
+    model.fit_data_stats(windows)
+    torch.testing.assert_close(model.data_mean, windows.mean(0))
+    x = windows[:4]
+    with torch.no_grad():
+        low = model.denoise(x, torch.zeros(4))
+        high = model.denoise(torch.randn(4, 8, 2), torch.full((4,), 49.0))
+    assert (low - x).abs().max() < 0.1                    # c_skip -> 1, c_out -> 0
+    assert (high - model.data_mean).abs().max() < 0.6     # c_skip -> 0: the mean plus a bounded network term
+    loss = model.diffusion_loss(windows[:16], torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss > 0
