@@ -17,6 +17,7 @@ counts them. With ``fraction=0`` this is exactly the base solver (same seed, sam
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Protocol, runtime_checkable
 
@@ -28,6 +29,8 @@ from tsdiff.sampling.solvers import _emit, _next_time, ancestral_step, ddim_step
 from tsdiff.utils import randn_like
 
 __all__ = ["reflection", "extra_evaluations", "ProjectsEstimate"]
+
+log = logging.getLogger(__name__)
 
 BASES = ("ddpm", "ddim")
 
@@ -87,6 +90,9 @@ def reflection(model: PredictionModel, x: torch.Tensor, times: torch.Tensor, *, 
         return ddim_step(model, x_t, x0, t, s, eta=eta, generator=generator)
 
     first = len(times) - 1 - reflected_transitions(len(times), fraction)
+    extra = extra_evaluations(len(times), fraction, repeats)
+    log.info("R-Sampling: %d reflections on %d steps = %d extra network evaluations per chunk (+%.0f%%), pull %s",
+             extra, len(times), extra, 100.0 * extra / len(times), "on" if project is not None else "off (no project_x0)")
     for i, t in enumerate(times):
         s = _next_time(times, i)
         x0 = model.x0(x, t)
