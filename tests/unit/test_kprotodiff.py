@@ -159,7 +159,7 @@ def test_systems_reject_bad_arguments_with_one_line_errors():
         KProtoDiff(2, 8, net=DiffusionTSNet(2, 8, **TINY_NET), prototypes=partial(KeyPrototypes, n_prototypes=2))
 
 
-def test_sines_are_seeded_diffusion_ts_sines_and_csv_windows_read_the_forecasting_layout(tmp_path):
+def test_sines_are_seeded_diffusion_ts_sines_and_forecast_windows_read_the_forecasting_layout(tmp_path):
     from tsdiff.data.unconditional import CSVWindowsDataModule, SinesDataModule, make_sines
 
     a = make_sines(50, 24, 5, seed=1)
