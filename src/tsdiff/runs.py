@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tsdiff.results import _json_default, atomic_replace, make_dirs, write_result
+from tsdiff.results.io import _json_default, atomic_replace, make_dirs, write_result
 
 DEFAULT_ROOT = "lightning_logs"
 _ALPHABET = string.ascii_lowercase + string.digits

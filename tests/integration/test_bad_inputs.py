@@ -117,7 +117,7 @@ CASES: dict[str, Case] = {
     "sample-corrupt-ckpt": Case("sample", _S, "cannot be loaded", _write("runs/good/checkpoints/last.ckpt", b"garbage" * 10)),
     "sample-missing-ckpt": Case("sample", _S, "has no checkpoint", _remove("runs/good/checkpoints/last.ckpt")),
     "sample-ckpt-of-other-model": Case("sample", _S, "does not match its checkpoint", _other_ckpt),
-    "sample-fourier-mismatch": Case("sample", [*_S, "fourier_transform=false"], "does not match run 'good'"),
+    "sample-fourier-mismatch": Case("sample", [*_S, "fourier_transform=true"], "does not match run 'good'"),
     # ---------------------------------------------------------------- evaluate
     "evaluate-missing-real": Case("evaluate", ["real_path={work}/nope.npy", "fake_path={work}/fake.npy"], "real_path=",
                                   _REAL_FAKE),

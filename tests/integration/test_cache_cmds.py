@@ -88,3 +88,22 @@ def test_benchmark_entry_point_runs(tiny_run, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "no_feedback" in proc.stdout and res_path.is_file()
+
+
+def test_the_configured_guidance_hook_reaches_every_sampler_of_the_ablation(tiny_run, tmp_path, monkeypatch):
+    from tsdiff.sampling import guidance
+    from tsdiff.tasks.ablation_cache import run
+
+    calls = []
+    original = guidance.ClipDenoised.__call__
+    monkeypatch.setattr(guidance.ClipDenoised, "__call__", lambda self, *a: calls.append(self) or original(self, *a))
+    runs, run_id = tiny_run
+    cfg = compose_cfg("ablation_cache", [
+        f"runs_dir={runs}", f"model_id={run_id}", f"results_path={tmp_path / 'abl.json'}", "num_samples=4",
+        "num_diffusion_steps=6", "batch_size=4", "repeats=1", "warmup=0", "num_directions=20", "num_threads=1",
+        "+sampler.guidance._target_=tsdiff.sampling.guidance.ClipDenoised", "+sampler.guidance.low=-3",
+        "+sampler.guidance.high=3",
+    ])
+    run(cfg)
+    hooks = {id(h) for h in calls}
+    assert len(hooks) >= 7 and all(h.low == -3.0 for h in calls)  # baseline and every variant built one

@@ -13,10 +13,10 @@ from tsdiff.tasks.common import instantiate_model
 @pytest.mark.parametrize(
     "overrides,net,sde,fourier",
     [
-        ([], TransformerScoreNet, VPSDE, True),
-        (["fourier_transform=false"], TransformerScoreNet, VPSDE, False),
-        (["score_model=lstm"], LSTMScoreNet, VPSDE, True),
-        (["score_model=default", "score_model/noise_scheduler=vesde"], TransformerScoreNet, VESDE, True),
+        ([], TransformerScoreNet, VPSDE, False),
+        (["fourier_transform=true"], TransformerScoreNet, VPSDE, True),
+        (["score_model=lstm", "fourier_transform=true"], LSTMScoreNet, VPSDE, True),
+        (["score_model=default", "score_model/noise_scheduler=vesde"], TransformerScoreNet, VESDE, False),
         (["score_model=lstm", "score_model/noise_scheduler=vesde", "fourier_transform=false"], LSTMScoreNet, VESDE, False),
     ],
 )

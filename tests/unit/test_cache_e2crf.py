@@ -300,3 +300,16 @@ def test_time_domain_models_get_the_tau_0_advice_once(caplog, monkeypatch):
     with caplog.at_level("WARNING", logger="tsdiff.caching.pricing"):
         _sample(_model(), 2, {"tau_0": 0.1}, seed=0)  # frequency domain: no advice
     assert not caplog.records
+
+
+def test_tau_0_auto_adapts_to_the_model_domain():
+    from tsdiff.caching.pricing import TAU_0_FREQUENCY, TAU_0_TIME, resolve_tau_0
+
+    assert (resolve_tau_0("auto", True), resolve_tau_0(None, False), resolve_tau_0("auto", None)) == (TAU_0_FREQUENCY, TAU_0_TIME, TAU_0_FREQUENCY)
+    assert resolve_tau_0(0.3, False) == 0.3  # a number the user gave is kept
+    with pytest.raises(ValueError, match="tau_0"):
+        resolve_tau_0("fast", True)
+    for fourier, expected in ((True, TAU_0_FREQUENCY), (False, TAU_0_TIME)):
+        sampler = DiffusionSampler(_model(fourier=fourier), sample_batch_size=2, cache=E2CRFCache(), progress=False)
+        _, stats = sampler.sample(2, STEPS, seed=0, return_stats=True)
+        assert stats.cache["extra"]["tau_0"] == expected

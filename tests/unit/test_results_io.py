@@ -64,7 +64,7 @@ def test_a_failing_serializer_leaves_no_file_and_no_temp(tmp_path):
 
 def test_a_name_taken_while_writing_is_not_clobbered(tmp_path, monkeypatch):
     """Between choosing a free name and claiming it another process creates that file: the next name is used."""
-    import tsdiff.results as results
+    import tsdiff.results.io as results
 
     target = tmp_path / "r.json"
     real_free = results.free_path

@@ -43,7 +43,7 @@ def test_groups_choose_solver_steps_and_cache(model):
     assert isinstance(build_sampler(_cfg("cache=e2crf_step"), model, "cpu").cache, StepE2CRF)
     assert isinstance(build_sampler(_cfg("cache=e2crf_token"), model, "cpu").cache, TokenE2CRF)
     no_event = build_sampler(_cfg("cache=e2crf_no_event"), model, "cpu").cache
-    assert no_event.step.event_trigger is False and no_event.tau_0 == 0.1
+    assert no_event.step.event_trigger is False and no_event.tau_0 == "auto"
     default = build_sampler(_cfg(), model, "cpu")
     assert isinstance(default.cache, NoCache) and default.solver_name == "euler_maruyama" and num_steps(_cfg()) == 100
 

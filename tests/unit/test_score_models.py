@@ -92,18 +92,25 @@ def test_fit_data_std_uses_the_frequency_representation():
     assert m.data_std[0].min() > 5 * m.data_std[1:].max()  # the DC component dominates
 
 
-def test_ema_tracks_the_weights_and_is_used_for_inference():
+def test_the_weight_average_is_the_shared_ema_callback_with_warmup():
+    from tsdiff.models.callbacks import EMA
+
+    (cb,) = _model(ema_decay=0.5).configure_callbacks()
+    assert isinstance(cb, EMA) and cb.warmup and cb.decay == 0.5
+    assert cb.decay_at(0) == min(0.5, 2 / 11)
+    assert _model(ema_decay=0.0).configure_callbacks() == []
+
+
+def test_runs_saved_with_the_builtin_average_load_its_weights_into_net():
     m = _model(ema_decay=0.5)
-    with torch.no_grad():
-        for p in m.net.parameters():
-            p.add_(1.0)
-    m.on_train_batch_end(None, None, 0)  # global_step 0 -> warm-up decay 0.1
-    m.eval()
-    assert m.score_network is m.net_ema
-    m.train()
-    assert m.score_network is m.net
-    p_ema, p = next(m.net_ema.parameters()), next(m.net.parameters())
-    assert torch.allclose(p_ema, p, atol=0.15)
+    state = m.state_dict()
+    legacy = {("net_ema." + k[4:] if k.startswith("net.") else k): v + 1.0 if k.startswith("net.") else v
+              for k, v in state.items()}
+    legacy.update({k: v for k, v in state.items() if k.startswith("net.")})  # the live weights, also saved
+    fresh = _model(ema_decay=0.5)
+    fresh.load_state_dict(legacy, strict=True)
+    k = next(k for k in state if k.startswith("net."))
+    torch.testing.assert_close(fresh.state_dict()[k], state[k] + 1.0)  # the average, not the live weights
 
 
 def test_invalid_model_arguments():

@@ -46,7 +46,7 @@ class E2CRFCache(CachePolicy):
 
     name = "e2crf"
 
-    def __init__(self, K: int = 5, tau_0: float = 0.1, R: int = 10, tau_warn: float = 0.5, random_probe_ratio: float = 0.05,
+    def __init__(self, K: int = 5, tau_0: float | str = "auto", R: int = 10, tau_warn: float = 0.5, random_probe_ratio: float = 0.05,
                  *, mode: str = "auto", selection: str = "event", **options: Any):
         if mode not in MODES:
             raise ValueError(f"cache_kwargs.mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -63,7 +63,7 @@ class E2CRFCache(CachePolicy):
         for policy in (self.token, self.step):
             if policy is not None:
                 policy.mode = mode
-        self.tau_0, self.R = float(tau_0), int(R)
+        self.tau_0, self.R = tau_0, int(R)  # the setting ("auto" is resolved per model by the running policy)
         self.active: E2CRFPolicy | None = None
 
     def choose(self, spec: Any, batch_size: int) -> E2CRFPolicy:

@@ -14,7 +14,7 @@ import torch
 
 from tsdiff.caching.base import CachePolicy, CacheStats
 from tsdiff.caching.interface import CacheInterface
-from tsdiff.caching.pricing import ReusePricer, check_flag, check_number, warn_time_domain_once
+from tsdiff.caching.pricing import ReusePricer, check_flag, check_number, resolve_tau_0, warn_time_domain_once
 
 
 def model_cache_interface(spec: Any) -> CacheInterface | None:
@@ -28,7 +28,8 @@ class E2CRFPolicy(CachePolicy):
 
     Args:
         tau_0: threshold on the predicted deviation a reuse pushes into the sample, in units of its rms
-            (>= 0; 0 recomputes everything; larger = more reuse).
+            (>= 0; 0 recomputes everything; larger = more reuse). ``"auto"`` (default): 0.1 for
+            frequency-domain models, 0.01 for time-domain ones (:func:`~tsdiff.caching.pricing.resolve_tau_0`).
         R: a full refresh (with error-feedback measurement) every ``R`` evaluations (integer >= 1).
         event_trigger, error_feedback, energy_weighting: switch the three mechanisms off (ablations).
         batch_sync: decide for the whole chunk instead of per sample (faster on small networks; makes a
@@ -40,9 +41,10 @@ class E2CRFPolicy(CachePolicy):
     #: the ``selection`` strategies a subclass implements
     SELECTIONS: tuple[str, ...] = ("event",)
 
-    def __init__(self, tau_0: float = 0.1, R: int = 10, *, event_trigger: bool = True, error_feedback: bool = True,
+    def __init__(self, tau_0: float | str = "auto", R: int = 10, *, event_trigger: bool = True, error_feedback: bool = True,
                  energy_weighting: bool = True, selection: str = "event", batch_sync: bool = False, seed: int = 0):
-        check_number("tau_0", tau_0, 0.0, None)
+        self.tau_0_setting = tau_0
+        self.tau_0 = resolve_tau_0(tau_0, None)  # "auto" is resolved again in start(), once the model is known
         check_number("R", R, 1, None, integer=True)
         check_number("seed", seed, 0, None, integer=True)
         if selection not in self.SELECTIONS:
@@ -50,7 +52,7 @@ class E2CRFPolicy(CachePolicy):
         for name, flag in (("batch_sync", batch_sync), ("event_trigger", event_trigger), ("error_feedback", error_feedback),
                            ("energy_weighting", energy_weighting)):
             check_flag(name, flag)
-        self.tau_0, self.R, self.seed = float(tau_0), int(R), int(seed)
+        self.R, self.seed = int(R), int(seed)
         self.event_trigger, self.error_feedback, self.energy_weighting = event_trigger, error_feedback, energy_weighting
         self.selection, self.batch_sync = selection, batch_sync
         self.mode = "auto"  # what the user asked for (reported); E2CRFCache sets it
@@ -75,13 +77,14 @@ class E2CRFPolicy(CachePolicy):
         self._iface = model_cache_interface(denoiser)
         self._path = self._choose_path(self._iface)
         iface = self._iface
+        self.tau_0 = resolve_tau_0(self.tau_0_setting, iface.frequency_domain if iface is not None else None)
         self.pricer = ReusePricer(
             schedule=denoiser.schedule, parameterization=denoiser.parameterization,
             output_sensitivity=iface.output_sensitivity if iface is not None else None,
             data_std=iface.data_std if iface is not None else None,
             per_sample=self._path in ("output", "network-output"), energy_weighting=self.energy_weighting,
         )
-        self._stats.extra.update(path=self._path, mode=self.mode, selection=self.selection)
+        self._stats.extra.update(path=self._path, mode=self.mode, selection=self.selection, tau_0=self.tau_0)
         if iface is not None and self.selection == "event":
             warn_time_domain_once(iface.frequency_domain, self.tau_0)
 

@@ -31,6 +31,21 @@ EPS = 1e-8
 #: a time-domain model gets the tau_0 advice once per process (docs/e2crf.md, "Limits")
 _TIME_DOMAIN_WARNED = False
 
+#: ``tau_0="auto"`` (the default): the threshold measured for each kind of coordinates (docs/e2crf.md). The
+#: pricing assumes decorrelated coordinates, which whitened frequency components are; time-domain values are
+#: strongly correlated, so the same predicted deviation costs the sample about ten times more there.
+TAU_0_FREQUENCY = 0.1
+TAU_0_TIME = 0.01
+
+
+def resolve_tau_0(tau_0: Any, frequency_domain: bool | None) -> float:
+    """``tau_0`` as a number: ``"auto"``/``None`` -> :data:`TAU_0_FREQUENCY` for frequency-domain models (and
+    models that declare no domain), :data:`TAU_0_TIME` for time-domain ones; a number is checked and kept."""
+    if tau_0 is None or tau_0 == "auto":
+        return TAU_0_TIME if frequency_domain is False else TAU_0_FREQUENCY
+    check_number("tau_0", tau_0, 0.0, None)
+    return float(tau_0)
+
 
 def check_number(name: str, value: Any, lo: float, hi: float | None, *, integer: bool = False, lo_open: bool = False) -> None:
     """A clear error for an E2-CRF option out of its type or range (names both override spellings)."""

@@ -29,7 +29,7 @@ class StepE2CRF(E2CRFPolicy):
 
     SELECTIONS = ("event", "fixed")
 
-    def __init__(self, tau_0: float = 0.1, R: int = 10, **common):
+    def __init__(self, tau_0: float | str = "auto", R: int = 10, **common):
         super().__init__(tau_0, R, **common)
         self.mode = "step"
 

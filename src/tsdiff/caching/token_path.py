@@ -45,7 +45,7 @@ class TokenE2CRF(E2CRFPolicy):
 
     SELECTIONS = ("event", "random", "fixed")
 
-    def __init__(self, K: int = 5, tau_0: float = 0.1, R: int = 10, tau_warn: float = 0.5, random_probe_ratio: float = 0.05,
+    def __init__(self, K: int = 5, tau_0: float | str = "auto", R: int = 10, tau_warn: float = 0.5, random_probe_ratio: float = 0.05,
                  *, full_fraction: float = 0.5, budget: float | None = None, selection: str = "event", **common):
         check_number("K", K, 0, None, integer=True)
         check_number("tau_warn", tau_warn, 0.0, None, lo_open=True)

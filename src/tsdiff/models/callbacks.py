@@ -38,7 +38,10 @@ class EMA(WeightAveraging):
     dominated by the first weights (the score model's schedule).
 
     Unlike the plain callback, once training has ended (averaged weights copied into the module, possibly
-    replaced by :class:`RestoreBestWeights`) checkpoints hold the module's weights as they are.
+    replaced by :class:`RestoreBestWeights`) checkpoints hold the module's weights as they are. A fit that
+    stops to be resumed later (``interrupted = True``, set by the train task on Ctrl+C / SIGTERM) ends like a
+    mid-run checkpoint instead: averaged weights in ``state_dict`` (what sampling loads), live ones in
+    ``current_model_state`` (what ``resume=`` continues from).
     """
 
     def __init__(self, decay: float = 0.999, warmup: bool = False, device: torch.device | str | None = None):
@@ -48,6 +51,7 @@ class EMA(WeightAveraging):
         self.decay, self.warmup = float(decay), bool(warmup)
         super().__init__(device=device, use_buffers=False, multi_avg_fn=self._update)
         self._finished = False
+        self.interrupted = False
 
     @staticmethod
     def check_decay(decay: float | None) -> None:
@@ -66,6 +70,7 @@ class EMA(WeightAveraging):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._finished = False
+        self.interrupted = False
         super().setup(trainer, pl_module, stage)
 
     def averaged_state_dict(self, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
@@ -75,6 +80,8 @@ class EMA(WeightAveraging):
         return self._average_model.module.state_dict()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.interrupted:
+            return
         if self._average_model is not None and int(self._average_model.n_averaged) > 0:
             super().on_train_end(trainer, pl_module)
         self._finished = True

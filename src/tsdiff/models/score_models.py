@@ -38,12 +38,14 @@ Parameterization and loss
 
 Optimisation: AdamW, linear warm-up then cosine decay over the run's optimizer steps, gradient clipping
 from the Trainer config, and an exponential moving average of the weights (``ema_decay``, used for
-validation and sampling; 0 disables it).
+validation and sampling; 0 disables it). The average is the shared :class:`tsdiff.models.callbacks.EMA`
+callback (Lightning's ``WeightAveraging``) with the warm-up ``min(decay, (1 + k) / (10 + k))``, so after
+``fit`` the module holds the averaged weights (see ``docs/ema.md``); runs saved with the older built-in
+average (``net_ema.*`` keys) load with those averaged weights.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Callable
 
@@ -54,6 +56,7 @@ from torch import nn
 from tsdiff.caching.interface import CacheInterface, as_token_network
 from tsdiff.diffusion.fourier import noise_scale, unwhiten, whiten
 from tsdiff.diffusion.schedules import NoiseSchedule
+from tsdiff.models.callbacks import EMA
 from tsdiff.utils import append_dims
 
 
@@ -109,7 +112,6 @@ class ScoreModule(pl.LightningModule):
         self.default_solver = default_solver
         self.parameterization = parameterization
         self.sample_shape = (max_len, n_channels)
-        self.net_ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
         self.register_buffer("noise_scale", noise_scale(max_len), persistent=False)
         # per-component mean and std of the training data in the diffusion variable (see fit_data_std)
         self.register_buffer("data_std", torch.ones(max_len, n_channels))
@@ -118,6 +120,10 @@ class ScoreModule(pl.LightningModule):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # runs saved before mean-centred preconditioning have no data_mean: they were trained with m = 0
         state_dict.setdefault(prefix + "data_mean", torch.zeros_like(self.data_mean))
+        # runs saved before the shared EMA callback kept the average in `net_ema`: it is what inference used
+        legacy = [k for k in state_dict if k.startswith(prefix + "net_ema.")]
+        for key in legacy:
+            state_dict[prefix + "net." + key[len(prefix) + len("net_ema."):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ data statistics
@@ -151,9 +157,7 @@ class ScoreModule(pl.LightningModule):
 
     @property
     def score_network(self) -> nn.Module:
-        """The network used for inference: the EMA copy when there is one and we are not training."""
-        if self.net_ema is not None and not self.training:
-            return self.net_ema
+        """The network used for inference (after ``fit`` it holds the EMA weights, see the module docstring)."""
         return self.net
 
     def network_input(self, z: torch.Tensor) -> torch.Tensor:
@@ -258,18 +262,9 @@ class ScoreModule(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=x.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.net_ema is None:
-            return
-        decay = self.hparams.ema_decay
-        # warm the EMA up so that short runs are not dominated by the random initialisation
-        step = self.global_step
-        decay = min(decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(self.net_ema.parameters(), self.net.parameters()):
-                p_ema.lerp_(p.detach(), 1.0 - decay)
-            for b_ema, b in zip(self.net_ema.buffers(), self.net.buffers()):
-                b_ema.copy_(b)
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The weight average (warm-up schedule, so short runs are not dominated by the initial weights)."""
+        return [EMA(self.hparams.ema_decay, warmup=True)] if self.hparams.ema_decay > 0 else []
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

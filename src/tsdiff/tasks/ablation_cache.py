@@ -31,7 +31,7 @@ from tsdiff.tasks.bench_common import (
     run_checked, save_figure, swd, write_outputs,
 )
 from tsdiff.tasks.common import format_table
-from tsdiff.tasks.sampler_cfg import E2CRF, build_cache, cache_options, solver_of
+from tsdiff.tasks.sampler_cfg import E2CRF, build_cache, cache_options, guidance_of, solver_of
 
 
 def _matched_variants(kw: dict[str, Any], e2: dict[str, Any], steps: int) -> dict[str, dict[str, Any]]:
@@ -80,8 +80,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         samples[name], st = quality_run(model, device, batch, variants[name], cfg, real, seed)
         stats[name] = st.cache
 
-    samplers = {"baseline": make_sampler(model, device, batch, None, solver)}
-    samplers.update({name: make_sampler(model, device, batch, v, solver) for name, v in variants.items()})
+    samplers = {"baseline": make_sampler(model, device, batch, None, solver, guidance=guidance_of(cfg))}
+    samplers.update({name: make_sampler(model, device, batch, v, solver, guidance=guidance_of(cfg)) for name, v in variants.items()})
     med = interleaved_medians(
         {name: (lambda s=s: s.sample(batch, steps, seed=seed)) for name, s in samplers.items()},
         int(cfg.repeats), int(cfg.warmup),

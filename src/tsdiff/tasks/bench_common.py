@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tsdiff.results import free_path, write_result
+from tsdiff.results import free_path, stamp, write_result
 from tsdiff.runs import new_child_dir, resolve_run_dir
 from tsdiff.tasks.common import load_run_model
-from tsdiff.tasks.sampler_cfg import NO_CACHE, build_cache, cache_config, cache_options, solver_of
+from tsdiff.tasks.sampler_cfg import NO_CACHE, build_cache, cache_config, cache_options, guidance_of, solver_of
 from tsdiff.utils import resolve_device
 
 
@@ -82,13 +82,15 @@ def benchmark_cache_config(cfg: DictConfig) -> dict[str, Any]:
     return node
 
 
-def make_sampler(model, device, batch: int, cache: dict | None, solver: Any = "auto", solver_kwargs: dict | None = None):
-    """A sampler of chunks of ``batch`` with a fresh policy from the cache node ``cache`` (None: no cache)."""
+def make_sampler(model, device, batch: int, cache: dict | None, solver: Any = "auto", solver_kwargs: dict | None = None,
+                 guidance: Any = None):
+    """A sampler of chunks of ``batch`` with a fresh policy from the cache node ``cache`` (None: no cache) and the
+    configured ``sampler.guidance`` hook (both sides of every comparison get the same one)."""
     from tsdiff.sampling import DiffusionSampler
 
     return DiffusionSampler(
         model, sample_batch_size=batch, solver=solver, solver_kwargs=solver_kwargs,
-        cache=build_cache(cache) if cache is not None else None, device=device, progress=False,
+        cache=build_cache(cache) if cache is not None else None, guidance=guidance, device=device, progress=False,
     )
 
 
@@ -124,7 +126,7 @@ def quality_run(model, device, batch: int, cache, cfg, real, seed: int, steps: i
     """``num_samples`` samples (chunks of ``batch``) with their stats; finite-checked. ``solver`` defaults
     to the configured one (``sampler`` group)."""
     solver = solver_of(cfg) if solver is None else solver
-    sampler = make_sampler(model, device, batch, cache, solver)
+    sampler = make_sampler(model, device, batch, cache, solver, guidance=guidance_of(cfg))
     x, stats = sampler.sample(int(cfg.num_samples), steps or int(cfg.num_diffusion_steps), seed=seed, return_stats=True)
     x = x.float().cpu()
     if not torch.isfinite(x).all():
@@ -152,6 +154,7 @@ def write_outputs(cfg: DictConfig, run_dir: Path, kind: str, result: dict[str, A
     if not results_path:
         out_dir = new_child_dir(run_dir / "benchmarks", prefix=f"{kind}-")
         results_path = out_dir / "results.json"
+    result.update(stamp({"cache": "benchmark"}.get(kind, kind), result, run_id=run_dir.name))  # in place: the caller prints and returns this dict
     results_path = write_result(Path(results_path), result)  # the name written (a free one if taken)
     plot_path = cfg.get("plot_path") or free_path(results_path.with_suffix(".png"))
     return results_path, Path(plot_path)

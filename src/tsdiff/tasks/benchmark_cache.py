@@ -49,7 +49,7 @@ from tsdiff.tasks.bench_common import (
 )
 from tsdiff.tasks.common import format_table
 from tsdiff.sampling.solvers import solver_label
-from tsdiff.tasks.sampler_cfg import cache_options, solver_of
+from tsdiff.tasks.sampler_cfg import cache_options, guidance_of, solver_of
 
 
 #: parameters that only act on the token path (swept there when the default run takes the step path)
@@ -144,8 +144,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     # 1 + 2: speed-up and quality per batch size
     table = []
     for batch in batch_sizes:
-        base_s = make_sampler(model, device, batch, None, solver)
-        cache_s = make_sampler(model, device, batch, cache_node, solver)
+        base_s = make_sampler(model, device, batch, None, solver, guidance=guidance_of(cfg))
+        cache_s = make_sampler(model, device, batch, cache_node, solver, guidance=guidance_of(cfg))
         med = interleaved_medians(
             {"baseline": lambda: base_s.sample(batch, steps, seed=seed),
              "cached": lambda: cache_s.sample(batch, steps, seed=seed)},
@@ -175,7 +175,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
 
     # 3: parameter sweeps at the largest batch size
     sweeps = []
-    base_big = make_sampler(model, device, big, None, solver)
+    base_big = make_sampler(model, device, big, None, solver, guidance=guidance_of(cfg))
     xb_big, _ = quality_run(model, device, big, None, cfg, real, seed)
     default_path = next(r for r in table if r["batch"] == big)["path"]
     token_reference = False
@@ -211,7 +211,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         label = "dpm_solver++" if comp in ("dpmpp", "dpm_solver++") else str(comp)
         comps += [(label, comp, int(n)) for n in ns]
     for method, comp, n in comps:
-        s_ = make_sampler(model, device, big, None, comp)
+        s_ = make_sampler(model, device, big, None, comp, guidance=guidance_of(cfg))
         med = interleaved_medians({"m": lambda: s_.sample(big, n, seed=seed)}, int(cfg.repeats), min(int(cfg.warmup), 1))
         x, _ = quality_run(model, device, big, None, cfg, real, seed, steps=n, solver=comp)
         pareto.append({"method": method, "solver": solver_label(comp), "steps": n, "time_per_sample_s": per_sample(med["m"]["median_s"]),
@@ -235,7 +235,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _point(model, device, batch, kw, cfg, real, seed, steps, base_sampler, xb) -> dict[str, Any]:
-    s = make_sampler(model, device, batch, kw, solver_of(cfg))
+    s = make_sampler(model, device, batch, kw, solver_of(cfg), guidance=guidance_of(cfg))
     med = interleaved_medians(
         {"baseline": lambda: base_sampler.sample(batch, steps, seed=seed), "cached": lambda: s.sample(batch, steps, seed=seed)},
         int(cfg.get("sweep_repeats", cfg.repeats)), min(int(cfg.warmup), 1),
@@ -261,7 +261,7 @@ def _brownian_matched(model, device, big, steps, cache_node, cfg, real, seed, de
     sample) at E2-CRF's own time."""
     from tsdiff.sampling import coarsen_brownian_noise
 
-    probe = make_sampler(model, device, big, None, solver)
+    probe = make_sampler(model, device, big, None, solver, guidance=guidance_of(cfg))
     if probe.solver_name != "euler_maruyama":
         return {"skipped": f"the model's default solver is {probe.solver_name}, not euler_maruyama"}
     shape = tuple(model.sample_shape)
@@ -271,7 +271,7 @@ def _brownian_matched(model, device, big, steps, cache_node, cfg, real, seed, de
     times = probe.schedule.sample_times(steps, device="cpu", spacing=probe.time_spacing)
 
     def draw(n, z, kw=None):
-        s_ = make_sampler(model, device, big, kw, "euler_maruyama", solver_kwargs={"noise": z})
+        s_ = make_sampler(model, device, big, kw, "euler_maruyama", solver_kwargs={"noise": z}, guidance=guidance_of(cfg))
         return s_.sample(big, n, x_T=x_T).float().cpu()
 
     ref = draw(steps, noise)
@@ -280,7 +280,7 @@ def _brownian_matched(model, device, big, steps, cache_node, cfg, real, seed, de
              "rel_l2": rel_l2(cached, ref)["mean"], "swd": swd(real, cached.numpy(), cfg)}]
     counts = [n for n in range(3, steps) if (steps - 1) % (n - 1) == 0][-6:]
     for n in counts:
-        timer = make_sampler(model, device, big, None, "euler_maruyama")
+        timer = make_sampler(model, device, big, None, "euler_maruyama", guidance=guidance_of(cfg))
         med = interleaved_medians({"m": lambda: timer.sample(big, n, seed=seed)}, int(cfg.repeats), min(int(cfg.warmup), 1))
         x = draw(n, coarsen_brownian_noise(noise, times, n))
         rows.append({"method": "fewer-steps", "steps": n, "time_per_sample_s": med["m"]["median_s"] / big,

@@ -34,7 +34,7 @@ import numpy as np
 
 from tsdiff import __version__
 from tsdiff.metrics import evaluate_generation, resolve_metrics
-from tsdiff.results import write_result
+from tsdiff.results import stamp, write_result
 from tsdiff.runs import new_run_id, resolve_run_dir, utc_now
 from tsdiff.tasks.common import log_metrics
 
@@ -249,6 +249,7 @@ def run(cfg: Any) -> dict[str, Any]:
         "results": results,
     }
     # never over an existing file unless overwrite=true: a free name beside it is used and printed
+    record = stamp("evaluation", record, run_id=source.get("model_id"))
     out_path = write_result(requested, record, overwrite=bool(_cfg_get(cfg, "overwrite", False)))
     record["results_path"] = str(out_path)
     print(format_table(results))

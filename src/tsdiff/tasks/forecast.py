@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tsdiff.results import make_dirs, write_result
+from tsdiff.results import make_dirs, stamp, write_result
 from tsdiff.runs import new_child_dir, resolve_run_dir, utc_now
 from tsdiff.sampling.forecast import sample_forecasts
 
@@ -267,6 +267,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"{name}: MSE {100 * v['mse_rel_diff']:+.2f}% vs {ref}, {v['speedup']:.2f}x faster", flush=True)
     for row in result["timing"]:
         print("timing " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    result = stamp("forecast", result)  # the versioned result layout (tsdiff.results.schema)
     path = write_result(out_dir / "forecast.json", result)  # a free name if output_dir already holds one
     result["output"] = str(path)
     print(f"results: {path}", flush=True)

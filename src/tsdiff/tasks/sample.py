@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from tsdiff.results import write_result
+from tsdiff.results import stamp, write_result
 from tsdiff.runs import new_child_dir, resolve_run_dir
 from tsdiff.tasks.common import build_logger, format_table, load_run_model, log_metrics
 from tsdiff.utils import resolve_device
@@ -171,6 +171,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "metrics": metrics,
         "metrics_reference": "test split (secondary: cannot rank generators, see the module docstring)",
     }
+    result = stamp("sample", result)  # the versioned result layout (tsdiff.results.schema)
     write_result(out_dir / "metrics.json", result)
     if cfg.get("results_path"):  # never over an existing file: a free name beside it is used and printed
         result["results_path"] = str(write_result(Path(cfg.results_path), result))

@@ -101,10 +101,15 @@ class GracefulInterrupt:
 def _stop_on_interrupt_callback(interrupt: GracefulInterrupt):
     import pytorch_lightning as pl
 
+    from tsdiff.models.callbacks import EMA
+
     class StopOnInterrupt(pl.Callback):
         def on_train_batch_end(self, trainer, *args) -> None:
             if interrupt.signum is not None:
                 trainer.should_stop = True
+                for cb in trainer.callbacks:  # a run that stops to be resumed keeps its live weights too
+                    if isinstance(cb, EMA):
+                        cb.interrupted = True
 
         on_train_epoch_end = on_validation_end = lambda self, trainer, *a: StopOnInterrupt.on_train_batch_end(self, trainer)
 

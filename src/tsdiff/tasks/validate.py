@@ -122,7 +122,7 @@ def _device(v: Any) -> str | None:
 
 _CACHE = {
     "cache_kwargs.K": _int(0, null=True),
-    "cache_kwargs.tau_0": _float(0, null=True),
+    "cache_kwargs.tau_0": lambda v: None if v == "auto" else _float(0, null=True)(v),
     "cache_kwargs.R": _int(1, null=True),
     "cache_kwargs.tau_warn": _float(0, null=True, open_lo=True),
     "cache_kwargs.random_probe_ratio": _float(0, 1, null=True),

@@ -13,7 +13,7 @@ One policy for every result a command writes (JSON, ``.npy``, YAML, PNG, text):
 Folders a command creates are recorded (:func:`make_dirs`) so that a command that fails can remove the
 ones it left empty (:func:`track_new_dirs`); nothing else is ever deleted.
 
-This module imports nothing from tsdiff, so every layer may use it.
+This package imports nothing else from tsdiff, so every layer may use it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,156 @@
+"""Finding saved results and turning them into flat rows (what ``notebooks/results.ipynb`` shows).
+
+Rows are plain lists of dicts, so a caller picks its own table library (``pandas.DataFrame(rows)``).
+Everything goes through :func:`tsdiff.results.schema.read_result`, so the notebook never hard-codes a
+file's layout and a file from another schema version fails with a clear message instead of a KeyError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from tsdiff.results.schema import KINDS, Result, ResultFileError, read_result
+
+__all__ = ["find_results", "sample_rows", "quality_rows", "evaluation_rows", "benchmark_sections", "forecast_rows", "run_info"]
+
+# where each kind lives inside a run folder
+_PATTERNS = {
+    "sample": ("samples/*/metrics.json",),
+    "evaluation": ("samples/*/evaluation*.json",),
+    "benchmark": ("benchmarks/*/results*.json",),  # cache-<id>/ (cmd/benchmark_cache.py)
+    "ablation": ("benchmarks/*/results*.json",),   # ablation-<id>/ (cmd/ablation_cache.py)
+    "forecast": ("forecasts/*/forecast*.json",),  # also <runs_dir>/forecasts/ (a forecast without a saved run)
+}
+
+
+def _run_dirs(runs_dir: Path, run_ids: Iterable[str] | None) -> list[Path]:
+    if not runs_dir.is_dir():
+        return []
+    wanted = set(run_ids or ())
+    return [p for p in sorted(runs_dir.iterdir()) if (p / "run.json").is_file() and (not wanted or p.name in wanted)]
+
+
+def run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``run.json`` (model and data targets, status, ...), ``{}`` if it has none."""
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def find_results(
+    runs_dir: str | os.PathLike, kinds: Iterable[str] | None = None, run_ids: Iterable[str] | None = None,
+    extra_files: Iterable[str | os.PathLike] = (),
+) -> list[Result]:
+    """Every result of ``kinds`` (default all) saved in the run folders under ``runs_dir`` (only ``run_ids``
+    if given), plus ``extra_files`` (e.g. a benchmark written with ``results_path=``), oldest run first."""
+    kinds = tuple(kinds or KINDS)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown result kind(s) {unknown}; use some of {', '.join(KINDS)}")
+    found: dict[Path, Result] = {}
+    for run_dir in _run_dirs(Path(runs_dir), run_ids):
+        for kind in kinds:
+            for pattern in _PATTERNS[kind]:
+                for path in sorted(run_dir.glob(pattern)):
+                    if path in found:
+                        continue
+                    res = read_result(path)
+                    if res.kind == kind:
+                        found[path] = _with_run(res, run_dir.name)
+    if "forecast" in kinds and not run_ids and Path(runs_dir).is_dir():
+        for path in sorted(Path(runs_dir).glob(_PATTERNS["forecast"][0])):
+            found[path] = read_result(path)
+    for path in map(Path, extra_files):
+        res = read_result(path)
+        if res.kind in kinds:
+            found[path] = res
+    return list(found.values())
+
+
+def _with_run(res: Result, run_id: str) -> Result:
+    return res if res.run_id else Result(res.path, res.kind, res.schema_version, run_id, res.data)
+
+
+def _short(target: str | None) -> str:
+    return (target or "").rsplit(".", 1)[-1]
+
+
+def sample_rows(results: Iterable[Result], runs_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """One row per sampled set (model / gaussian / train) with the secondary metrics vs the test split."""
+    rows = []
+    for res in results:
+        if res.kind != "sample":
+            continue
+        info = run_info(Path(runs_dir) / res.run_id) if runs_dir and res.run_id else {}
+        for set_name, vals in res["metrics"].items():
+            rows.append({"run_id": res.run_id, "sample_dir": res.path.parent.name, "set": set_name,
+                         "model": _short(info.get("model_target")), "data": _short(info.get("datamodule_target")),
+                         "steps": res["num_diffusion_steps"], "samples_per_s": res["sampling"].get("samples_per_s"), **vals})
+    return rows
+
+
+def _interval_cols(vals: dict[str, Any], metrics: Iterable[str]) -> dict[str, Any]:
+    out = {}
+    for m in metrics:
+        v = vals.get(m) or {}
+        out[m], out[f"{m}_ci95"] = v.get("mean"), v.get("ci95")
+    return out
+
+
+def quality_rows(results: Iterable[Result]) -> list[dict[str, Any]]:
+    """The Diffusion-TS-protocol verdicts: one row per (sampling run, set), with mean and 95 % interval of
+    Context-FID and the discriminative score against the training windows, and whether the model beat the
+    Gaussian on each."""
+    rows = []
+    for res in results:
+        quality = res.get("quality") if res.kind == "sample" else None
+        if not quality:
+            continue
+        verdict = quality.get("beats_gaussian") or {}
+        for set_name, vals in quality.get("sets", {}).items():
+            row = {"run_id": res.run_id, "sample_dir": res.path.parent.name, "set": set_name, "n": vals.get("n"),
+                   **_interval_cols(vals, ("context_fid", "discriminative"))}
+            if set_name == "model" and isinstance(verdict, dict):
+                row.update({f"beats_gaussian_{k}": v for k, v in verdict.items()})
+            rows.append(row)
+    return rows
+
+
+def evaluation_rows(results: Iterable[Result]) -> list[dict[str, Any]]:
+    """One row per (evaluation file, metric): mean, 95 % interval, number of runs, seconds."""
+    rows = []
+    for res in results:
+        if res.kind != "evaluation":
+            continue
+        for key, r in res["results"].items():
+            rows.append({"run_id": res.run_id, "file": str(res.path), "metric": key, "mean": r.get("mean"),
+                         "ci95": r.get("ci95"), "runs": len(r.get("runs") or []), "seconds": r.get("seconds")})
+    return rows
+
+
+def benchmark_sections(res: Result) -> dict[str, list[dict[str, Any]]]:
+    """The row tables of one cache benchmark or ablation, by title (empty tables left out)."""
+    if res.kind not in ("benchmark", "ablation"):
+        raise ResultFileError(f"{res.path} is a '{res.kind}' result, not a cache benchmark or ablation")
+    sections = {
+        "speed-up per batch size": res.get("by_batch"),
+        "ablation": res.get("variants"),
+        "parameter sweeps": res.get("sweeps"),
+        "fewer steps on the same Brownian path": (res.get("brownian_matched") or {}).get("rows"),
+        "speed vs quality (time per sample)": sorted(res.get("pareto") or [], key=lambda r: r["time_per_sample_s"]),
+        "token-path scaling with length": res.get("token_scaling"),
+    }
+    return {title: rows for title, rows in sections.items() if rows}
+
+
+def forecast_rows(results: Iterable[Result]) -> list[dict[str, Any]]:
+    """One row per (forecast file, method): point and probabilistic scores as saved."""
+    rows = []
+    for res in results:
+        if res.kind != "forecast":
+            continue
+        for r in res["rows"]:
+            rows.append({"file": str(res.path), "dataset": res["dataset"], "horizon": res.get("horizon"), **r})
+    return rows
