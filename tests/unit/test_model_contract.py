@@ -25,6 +25,9 @@ TINY_SCORE = ["score_model.backbone.d_model=8", "score_model.backbone.num_layers
 TINY_TIMEDIFF = ["model.hidden=8", "model.cond_hidden=8", "model.step_sinusoid_dim=8", "model.step_hidden_dim=8",
                  "model.ema_decay=null"]
 
+TINY_DTS = ["model.net.d_model=8", "model.net.num_heads=2", "model.net.dim_feedforward=16", "model.net.n_encoder_layers=1",
+            "model.net.n_decoder_layers=1", "model.net.step_sinusoid_dim=8", "model.schedule.num_timesteps=20", "model.ema_decay=null"]
+
 
 @dataclass
 class Family:
@@ -64,6 +67,8 @@ FAMILIES = {
                          "model.latent_hidden=8", "model.latent_blocks=1", "model.cond_channels=4", "model.cond_hidden=8",
                          "model.data_hidden=8", "model.data_blocks=2"], SCORE_DATA, _series,
                         lambda model, gen: {"r": torch.randn(N, model.latent_dim, generator=gen)}),
+    "diffusion_ts": Family(["model=diffusion_ts", *TINY_DTS], SCORE_DATA, _series),
+    "kprotodiff": Family(["model=kprotodiff", *TINY_DTS, "model.prototypes.n_prototypes=2"], SCORE_DATA, _series),
     "timediff-ci": Family(["model=timediff_ci", *TINY_TIMEDIFF], {"lookback": 16, "horizon": 8, "n_channels": 2},
                           _forecast_batch, _forecast_cond),
 }

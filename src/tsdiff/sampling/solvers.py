@@ -63,15 +63,30 @@ def ddpm(model: PredictionModel, x: torch.Tensor, times: torch.Tensor, *, genera
     for i, t in enumerate(times):
         s = _next_time(times, i)
         x0 = model.x0(x, t)
-        if s is None:
-            x = x0
-        else:
-            a_t, s_t = model.alpha_sigma(t)
-            a_s, s_s = model.alpha_sigma(s)
-            c_xt, c_x0, var = _gaussian_posterior(a_t, s_t, a_s, s_s)
-            x = c_xt * x + c_x0 * x0 + math.sqrt(var) * randn_like(x, generator)
+        x = x0 if s is None else ancestral_step(model, x, x0, t, s, generator=generator)
         _emit(callback, i, t, x, x0)
     return x
+
+
+def ancestral_step(model: PredictionModel, x: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, s: torch.Tensor, *,
+                   generator=None) -> torch.Tensor:
+    """One ancestral transition ``x_s ~ q(x_s | x_t, x0_hat)`` from time ``t`` to ``s < t`` (Ho et al. 2020, eq. 6-7)."""
+    a_t, s_t = model.alpha_sigma(t)
+    a_s, s_s = model.alpha_sigma(s)
+    c_xt, c_x0, var = _gaussian_posterior(a_t, s_t, a_s, s_s)
+    return c_xt * x + c_x0 * x0 + math.sqrt(var) * randn_like(x, generator)
+
+
+def ddim_step(model: PredictionModel, x: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, s: torch.Tensor, *,
+              eta: float = 0.0, generator=None) -> torch.Tensor:
+    """One DDIM transition from ``t`` to ``s < t`` (Song, Meng & Ermon 2021, eq. 12 and 16)."""
+    a_t, s_t = model.alpha_sigma(t)
+    a_s, s_s = model.alpha_sigma(s)
+    eps = (x - a_t * x0) / s_t
+    _, _, var = _gaussian_posterior(a_t, s_t, a_s, s_s)
+    c = eta * math.sqrt(var)
+    x = a_s * x0 + math.sqrt(max(s_s**2 - c**2, 0.0)) * eps
+    return x + c * randn_like(x, generator) if c > 0 else x
 
 
 @torch.no_grad()
@@ -85,18 +100,8 @@ def ddim(model: PredictionModel, x: torch.Tensor, times: torch.Tensor, *, eta: f
         raise ValueError(f"ddim eta must be >= 0, got {eta}")
     for i, t in enumerate(times):
         s = _next_time(times, i)
-        a_t, s_t = model.alpha_sigma(t)
         x0 = model.x0(x, t)
-        if s is None:
-            x = x0
-        else:
-            a_s, s_s = model.alpha_sigma(s)
-            eps = (x - a_t * x0) / s_t
-            _, _, var = _gaussian_posterior(a_t, s_t, a_s, s_s)
-            c = eta * math.sqrt(var)
-            x = a_s * x0 + math.sqrt(max(s_s**2 - c**2, 0.0)) * eps
-            if c > 0:
-                x = x + c * randn_like(x, generator)
+        x = x0 if s is None else ddim_step(model, x, x0, t, s, eta=eta, generator=generator)
         _emit(callback, i, t, x, x0)
     return x
 
