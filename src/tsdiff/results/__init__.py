@@ -9,8 +9,14 @@ from tsdiff.results.tables import (
     evaluation_rows,
     find_results,
     forecast_rows,
+    forecast_table,
+    generation_table,
+    load_samples,
+    pareto_points,
     quality_rows,
+    run_config,
     run_info,
+    run_label,
     sample_rows,
 )
 
@@ -18,4 +24,5 @@ __all__ = [
     "write_result", "free_path", "make_dirs", "track_new_dirs", "atomic_replace",
     "KINDS", "SCHEMA_VERSION", "Result", "ResultFileError", "read_result", "stamp",
     "find_results", "sample_rows", "quality_rows", "evaluation_rows", "benchmark_sections", "forecast_rows", "run_info",
+    "run_config", "run_label", "generation_table", "forecast_table", "pareto_points", "load_samples",
 ]

@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 from tsdiff.results.schema import KINDS, Result, ResultFileError, read_result
 
-__all__ = ["find_results", "sample_rows", "quality_rows", "evaluation_rows", "benchmark_sections", "forecast_rows", "run_info"]
+__all__ = ["find_results", "sample_rows", "quality_rows", "evaluation_rows", "benchmark_sections", "forecast_rows", "run_info",
+           "run_config", "run_label", "generation_table", "forecast_table", "pareto_points", "load_samples"]
 
 # where each kind lives inside a run folder
 _PATTERNS = {
@@ -154,3 +155,109 @@ def forecast_rows(results: Iterable[Result]) -> list[dict[str, Any]]:
         for r in res["rows"]:
             rows.append({"file": str(res.path), "dataset": res["dataset"], "horizon": res.get("horizon"), **r})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Views across runs: what the notebook compares (models x data sets), and the arrays behind a figure.
+
+_EVAL_COLUMNS = {  # cmd/evaluate.py metric -> column of generation_table
+    "predictive": "predictive", "kl": "kl", "segment_dtw_paired": "dtw", "segment_dtw_nn": "dtw_nn",
+    "sliced_wasserstein": "swd", "correlational": "correlational",
+}
+
+
+def run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's resolved training ``config.yaml`` as a plain dict (``{}`` if it has none)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def run_label(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """What a run is, for tables: ``model`` (class name), ``data`` (datamodule class) and ``domain``
+    (``time``/``frequency`` for the score model, else ``-``)."""
+    info, cfg = run_info(run_dir), run_config(run_dir)
+    domain = "-"
+    if cfg and cfg.get("model") is None and "fourier_transform" in cfg:
+        domain = "frequency" if cfg["fourier_transform"] else "time"
+    return {"model": _short(info.get("model_target")), "data": _short(info.get("datamodule_target")), "domain": domain}
+
+
+def generation_table(results: Iterable[Result], runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per (sampling run, set) across models and data sets: the quality verdict's Context-FID and
+    discriminative score (mean and 95 % interval, vs the training windows) for ``model`` / ``gaussian`` /
+    ``held_out``; the model row also takes the scores of a ``cmd/evaluate.py`` run on the same samples
+    (predictive, KL, DTW, SWD, correlational; reference = training windows); every row takes the SWD vs
+    the test split from ``cmd/sample.py`` (``swd_vs_test``: secondary, it cannot rank generators)."""
+    results = list(results)
+    evals: dict[tuple[str | None, str], dict[str, Any]] = {}
+    for res in results:
+        if res.kind != "evaluation":
+            continue
+        src = res.get("source") or {}
+        if src.get("sample_id") and src.get("reference", "train") == "train":
+            evals[(res.run_id, src["sample_id"])] = res["results"]
+    rows = []
+    for res in results:
+        if res.kind != "sample":
+            continue
+        label = run_label(Path(runs_dir) / res.run_id) if res.run_id else {}
+        sample_id = res.path.parent.name
+        quality = (res.get("quality") or {}).get("sets", {})
+        secondary = res.get("metrics") or {}
+        for set_name in dict.fromkeys([*quality, *[s for s in secondary if s != "train"]]):
+            row = {"run_id": res.run_id, "sample_dir": sample_id, **label, "set": set_name,
+                   **_interval_cols(quality.get(set_name, {}), ("context_fid", "discriminative"))}
+            if set_name == "model":
+                for key, col in _EVAL_COLUMNS.items():
+                    value = (evals.get((res.run_id, sample_id)) or {}).get(key)
+                    if value is not None:
+                        row[col], row[f"{col}_ci95"] = value.get("mean"), value.get("ci95")
+            row["swd_vs_test"] = (secondary.get(set_name) or {}).get("sliced_wasserstein")
+            rows.append(row)
+    return rows
+
+
+def forecast_table(results: Iterable[Result]) -> list[dict[str, Any]]:
+    """Forecast scores across data sets: one row per (data set, horizon, method), TimeDiff and the
+    baselines alike, with MSE, MAE, CRPS and 80 % interval coverage (``None`` for point forecasts)."""
+    keep = ("mse", "mae", "crps", "pi80_coverage", "ms_per_window")
+    return [{"dataset": r["dataset"], "horizon": r.get("horizon"), "method": r.get("method"), "kind": r.get("kind"),
+             **{k: r.get(k) for k in keep}} for r in forecast_rows(results)]
+
+
+def pareto_points(res: Result) -> list[dict[str, Any]]:
+    """Speed-vs-quality points of a cache benchmark (its ``pareto`` rows, grouped by method) or an
+    ablation (its ``variants``, time per sample = median batch time / batch size): ``group``, ``label``,
+    ``time_per_sample_s``, ``swd``."""
+    if res.kind == "benchmark":
+        return [{"group": p["method"], "label": f"{p['method']} {p.get('steps', '')}".strip(),
+                 "time_per_sample_s": p["time_per_sample_s"], "swd": p.get("swd")} for p in res.get("pareto") or []]
+    if res.kind == "ablation":
+        batch = res.get("batch_size") or 1
+        return [{"group": "baseline" if v["variant"] == "baseline" else "ablation", "label": v["variant"],
+                 "time_per_sample_s": v["time_s"] / batch, "swd": v.get("swd")} for v in res["variants"]]
+    raise ResultFileError(f"{res.path} is a '{res.kind}' result, not a cache benchmark or ablation")
+
+
+def load_samples(runs_dir: str | os.PathLike, run_id: str, sample_id: str | None = None) -> dict[str, Any]:
+    """The arrays a sampling run saved (newest ``samples/<id>/`` of the run unless ``sample_id``):
+    ``generated`` (``samples.npy``) and ``real`` (``real.npy``, the test windows), both ``(N, length,
+    channels)`` in the datamodule's standardized space, plus ``sample_dir``."""
+    import numpy as np
+
+    root = Path(runs_dir) / run_id / "samples"
+    dirs = sorted((p for p in root.glob("*") if (p / "samples.npy").is_file()), key=lambda p: p.stat().st_mtime)
+    if sample_id is not None:
+        dirs = [p for p in dirs if p.name == sample_id]
+    if not dirs:
+        what = f"samples/{sample_id}" if sample_id else "a samples/<id>/samples.npy"
+        raise FileNotFoundError(f"run '{run_id}' under {runs_dir} has no {what}; run `python cmd/sample.py model_id={run_id}` first")
+    sdir = dirs[-1]
+    out = {"sample_dir": sdir, "generated": np.load(sdir / "samples.npy", allow_pickle=False)}
+    if (sdir / "real.npy").is_file():
+        out["real"] = np.load(sdir / "real.npy", allow_pickle=False)
+    return out
