@@ -63,4 +63,4 @@ def test_documented_html_export_executes_the_notebook_on_saved_runs(runs, tmp_pa
     assert "seasonal_naive" in html and "crps" in html  # the forecast table with its baselines
     # figures: series grid, spectra, embedding, Pareto curve (inline PNGs of the static page)
     assert html.count("data:image/png;base64") >= 4
-    assert list((runs_dir / freq_run / "samples").glob("*/samples_vs_real.png"))
+    assert list(runs_dir.glob("*/samples/*/samples_vs_real.png"))  # the figure is also saved beside the samples
