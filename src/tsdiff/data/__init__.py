@@ -20,6 +20,9 @@ Class-labelled UCR/UEA sets (:mod:`tsdiff.data.uea`): ``japanese_vowels``
 (:class:`JapaneseVowelsDataModule`, bundled, 12 channels, 9 classes) and ``uea``
 (:class:`UEADataModule`, local ``.ts`` files such as BasicMotions or ECG5000).
 
+Your own data (:mod:`tsdiff.data.local`): ``npy`` (:class:`NpyDataModule`, windows or one series from a
+``.npy`` file) and ``csv`` (:class:`CSVSeriesDataModule`, one series, a column per channel).
+
 Every datamodule yields ``{"x": FloatTensor(batch, seq_len, channels)}`` batches, standardized with
 statistics of the training split; see :mod:`tsdiff.data.base`.
 """
@@ -37,6 +40,7 @@ from tsdiff.data.datamodules import (
     smooth_frequency,
 )
 from tsdiff.data.errors import DataFormatError, DatasetUnavailableError
+from tsdiff.data.local import CSVSeriesDataModule, NpyDataModule
 from tsdiff.data.specs import SPECS, DatasetSpec, get_spec
 from tsdiff.data.synthetic import SyntheticDataModule, make_sinusoids
 from tsdiff.data.uea import JapaneseVowelsDataModule, UEADataModule
@@ -53,10 +57,14 @@ DATAMODULES = {
     "mimiciii": MIMICIIIDataModule,
     "japanese_vowels": JapaneseVowelsDataModule,
     "uea": UEADataModule,
+    "npy": NpyDataModule,
+    "csv": CSVSeriesDataModule,
 }
 
 __all__ = [
     "BeatsDataModule",
+    "CSVSeriesDataModule",
+    "NpyDataModule",
     "DATAMODULES",
     "DataFormatError",
     "DatasetSpec",

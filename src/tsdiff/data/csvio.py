@@ -104,13 +104,15 @@ def read_numeric_csv(
     where: str,
     expected_columns: Sequence[str] | int | None = None,
     header: bool = True,
+    usecols: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Read a CSV whose cells must all be numbers; validate columns and NaNs.
 
-    ``where`` is the human-readable name of the file used in error messages.
+    ``where`` is the human-readable name of the file used in error messages; ``usecols`` reads only
+    those columns (the others, e.g. a date column, are not checked).
     """
     try:
-        df = pd.read_csv(source, header=0 if header else None)
+        df = pd.read_csv(source, header=0 if header else None, usecols=list(usecols) if usecols is not None else None)
     except pd.errors.EmptyDataError:
         raise DataFormatError(f"{where}: the file is empty. Download the data set again.") from None
     except pd.errors.ParserError as exc:
