@@ -259,7 +259,7 @@ class ScoreModule(pl.LightningModule):
         # a fixed generator makes validation losses comparable across epochs
         gen = torch.Generator(device=x.device).manual_seed(1000 + batch_idx)
         loss = self.diffusion_loss(x, generator=gen)
-        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=x.shape[0])
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=x.shape[0], sync_dist=True)  # mean over ranks
         return loss
 
     def configure_callbacks(self) -> list[pl.Callback]:

@@ -21,6 +21,10 @@ directions), marginal Wasserstein and spectral-density distance to the TEST spli
 Gaussian and real training windows. Against the test split real training windows score about as badly as
 anything else, so these numbers do not rank generators; no verdict is drawn from them.
 
+Past one process: ``shard_size=K`` samples in seeded shards of ``K`` (:mod:`tsdiff.tasks.sharding`); under
+``torchrun --nproc_per_node=N`` the shards are spread over the ranks and gathered on rank 0, which alone
+evaluates and writes, with exactly the samples a single process gives for the same ``seed`` and ``shard_size``.
+
 Everything lands in a new folder ``<run>/samples/<sample_id>/`` (never overwriting): ``samples.npy``
 (standardized space, ``(N, length, channels)``), ``samples_original_units.npy``, ``real.npy`` (the test
 windows of the secondary metrics), ``metrics.json`` (``quality``: the primary comparison and verdict;
@@ -120,8 +124,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from tsdiff.tasks.sampler_cfg import build_sampler
 
+    from tsdiff.tasks.sharding import dist_context, sample_in_shards
+
     run_dir = resolve_run_dir(cfg.model_id, cfg.runs_dir)
     device = resolve_device(cfg.get("device", "auto"))
+    ctx = dist_context(device)
+    if ctx.world_size > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", ctx.local_rank)  # one GPU per process
     model, train_cfg, info = load_run_model(run_dir, device)
     _check_matches_run(cfg, train_cfg, run_dir.name)
     if cfg.get("data_root") is not None:
@@ -132,7 +141,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     sampler = build_sampler(cfg, model, device)  # sampler/ and cache/ groups (tsdiff.tasks.sampler_cfg)
     cached = sampler.cache.name != "none"
-    samples, stats = sampler.sample(int(cfg.num_samples), int(cfg.num_diffusion_steps), seed=int(cfg.seed), return_stats=True)
+    shard_size = cfg.get("shard_size")
+    if shard_size is None and ctx.world_size > 1:
+        shard_size = int(cfg.sample_batch_size)
+    if shard_size is None:  # one process, one random stream (the default; every measured number used it)
+        samples, stats = sampler.sample(int(cfg.num_samples), int(cfg.num_diffusion_steps), seed=int(cfg.seed), return_stats=True)
+    else:
+        sampler.progress = sampler.progress and ctx.is_main
+        try:
+            samples, stats = sample_in_shards(sampler, int(cfg.num_samples), int(cfg.num_diffusion_steps), int(cfg.seed),
+                                              int(shard_size), ctx)
+        finally:
+            if not ctx.is_main:
+                ctx.close()
+        if not ctx.is_main:  # rank 0 evaluates and writes; the others are done
+            return {"run_id": run_dir.name, "rank": ctx.rank, "world_size": ctx.world_size}
     fake = samples.float().cpu().numpy()
     if not np.isfinite(fake).all():
         raise FloatingPointError(
@@ -166,7 +189,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "sample_dir": str(out_dir),
         "num_samples": n,
         "num_diffusion_steps": int(cfg.num_diffusion_steps),
-        "sampling": stats.as_dict(),
+        "sampling": {**stats.as_dict(), "shard_size": shard_size, "world_size": ctx.world_size},
         "quality": quality,
         "metrics": metrics,
         "metrics_reference": "test split (secondary: cannot rank generators, see the module docstring)",
@@ -206,4 +229,5 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cached and c:
         flat.update({f"cache/{k}": c[k] for k in ("fraction_recomputed", "hit_ratio", "effective_network_calls", "full_steps", "cache_bytes")})
     log_metrics(logger, flat)
+    ctx.close()
     return result

@@ -244,6 +244,7 @@ def _fit(cfg, model, dm, run_id, run_dir: Path, ckpt_path: Path | None, interrup
 
     metrics = _mean_over_ranks(trainer, {k: float(v) for k, v in trainer.callback_metrics.items()
                                          if getattr(v, "numel", lambda: 1)() == 1})
+    replicas = _replica_spread(trainer, model)
     steps_this_call = trainer.global_step - start_step
     result = {
         "run_id": str(run_id),
@@ -253,6 +254,8 @@ def _fit(cfg, model, dm, run_id, run_dir: Path, ckpt_path: Path | None, interrup
         "train_steps_per_s": steps_this_call / fit_s if fit_s > 0 else float("nan"),
         "metrics": metrics,
     }
+    if replicas is not None:
+        result["world_size"], result["replica_max_abs_diff"] = int(trainer.world_size), replicas
     if trainer.is_global_zero and logger and type(logger).__name__ == "WandbLogger":
         logger.experiment.summary["train_steps_per_s"] = result["train_steps_per_s"]  # rank 0 only: others hold a dummy
     if trainer.is_global_zero:
@@ -279,6 +282,28 @@ def _mean_over_ranks(trainer, metrics: dict[str, float]) -> dict[str, float]:
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=trainer.strategy.root_device)
     values = trainer.strategy.reduce(values, reduce_op="mean")
     return {k: float(v) for k, v in zip(keys, values.cpu())}
+
+
+def _replica_spread(trainer, model) -> float | None:
+    """Largest difference between the processes' copies of the trained weights and buffers (EMA average,
+    ``data_std``/``data_mean``, ...) in a distributed run, ``None`` in a single process. DDP keeps the replicas
+    equal by construction (same initial weights, averaged gradients, buffers fitted on the same training
+    split); this checks it once after fitting: every rank gathers every tensor of the state dict, a
+    non-zero spread is reported (and saved in ``run.json``), since the checkpoint holds rank 0's copy only."""
+    if trainer.world_size <= 1:
+        return None
+    import torch
+
+    spread = 0.0
+    for name, value in model.state_dict().items():
+        if not torch.is_floating_point(value):
+            continue
+        gathered = trainer.strategy.all_gather(value.detach().float().to(trainer.strategy.root_device))
+        spread = max(spread, float((gathered - gathered[:1]).abs().max()))
+    if spread > 0 and trainer.is_global_zero:
+        log.warning("the %d processes ended with different weights/buffers (max |diff| %.3g); the checkpoint holds rank 0's",
+                    trainer.world_size, spread)
+    return spread
 
 
 def _record_interrupt(run_dir: Path, ckpt: Path, signum: int) -> None:
