@@ -76,13 +76,3 @@ def test_guidance_is_built_from_the_config(model):
     out = build_sampler(cfg, model, "cpu").sample(2, 3, seed=0)
     torch.testing.assert_close(out, torch.full_like(out, 5.0))
 
-
-def test_shards_cover_every_sample_once_with_seeds_derived_from_the_run_seed():
-    from tsdiff.tasks.sharding import shard_seed, shards_of
-
-    assert shards_of(10, 3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
-    seeds = [shard_seed(7, i) for i in range(4)]
-    assert len(set(seeds)) == 4 and seeds == [shard_seed(7, i) for i in range(4)] and shard_seed(8, 0) != seeds[0]
-    assert all(0 <= s < 2**63 for s in seeds)
-    with pytest.raises(ValueError, match="shard_size=0 must be a positive integer"):
-        shards_of(10, 0)

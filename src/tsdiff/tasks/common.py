@@ -23,8 +23,11 @@ class CheckpointError(RuntimeError):
 
 
 def is_global_zero() -> bool:
-    """True in the process that owns files in a (possibly distributed) run."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """True in the process that owns files in a (possibly distributed) run: ``RANK`` (torchrun, Lightning) when
+    set, else the SLURM task id and the local rank (``srun`` starts every task itself, without ``RANK``)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    return all(int(os.environ.get(k, 0)) == 0 for k in ("SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
 
 
 # ---------------------------------------------------------------------- loggers
