@@ -120,3 +120,23 @@ def test_command_line_prints_table(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "mean ± ci95" in proc.stdout and "spectral" in proc.stdout
     assert set(json.loads(out.read_text())["results"]) == {"kl", "spectral"}
+
+
+def test_set_gaussian_scores_the_reference_set_the_sample_command_judged(tmp_path):
+    from conftest import compose_cfg, train_tiny
+    from tsdiff.tasks.evaluate import run as evaluate
+    from tsdiff.tasks.sample import run as sample
+
+    runs = tmp_path / "runs"
+    rid = train_tiny(runs, run_id="tiny")["run_id"]
+    sampled = sample(compose_cfg("sample", [f"runs_dir={runs}", f"model_id={rid}", "num_samples=8", "num_diffusion_steps=3",
+                                            "progress=false", "logger=none", "num_directions=20", "quality.enabled=false", "seed=3"]))
+    base = [f"runs_dir={runs}", f"model_id={rid}", "metrics=[marginal_wasserstein]", "scale=none", "reference=test"]
+    gauss = evaluate(compose_cfg("evaluate", [*base, "set=gaussian"]))
+    # rebuilt from the sampling run's saved seed (3), not evaluate's own seed: the very set sample.py scored
+    assert gauss["results"]["marginal_wasserstein"]["mean"] == pytest.approx(sampled["metrics"]["gaussian"]["marginal_wasserstein"])
+    assert gauss["source"]["set"] == "gaussian" and Path(gauss["results_path"]).name == "evaluation-test-gaussian.json"
+    held = evaluate(compose_cfg("evaluate", [*base[:-1], "set=held_out"]))
+    assert Path(held["results_path"]).name == "evaluation-held_out.json" and held["fake_shape"][0] == 8
+    with pytest.raises(ValueError, match="set='train' must be model"):
+        evaluate(compose_cfg("evaluate", [*base, "set=train"]))

@@ -35,8 +35,9 @@ def runs(tmp_path_factory):
     freq_run = train_tiny(runs, "fourier_transform=true", run_id="freqrun")["run_id"]
     for rid in (time_run, freq_run):
         sample(compose_cfg("sample", [f"runs_dir={runs}", f"model_id={rid}", *FAST_QUALITY]))
-    evaluate(compose_cfg("evaluate", [f"runs_dir={runs}", f"model_id={time_run}", "mode=fast", "num_runs=1",
-                                      "metrics=[kl,sliced_wasserstein,predictive]", "metric_settings.predictive.iterations=2"]))
+    for which in ("model", "gaussian"):
+        evaluate(compose_cfg("evaluate", [f"runs_dir={runs}", f"model_id={time_run}", "mode=fast", "num_runs=1", f"set={which}",
+                                          "metrics=[kl,sliced_wasserstein,predictive]", "metric_settings.predictive.iterations=2"]))
     ablation(compose_cfg("ablation_cache", [f"runs_dir={runs}", f"model_id={time_run}", "num_samples=4",
                                             "num_diffusion_steps=4", "batch_size=4", "repeats=1", "warmup=0",
                                             "num_directions=20", "num_threads=1"]))

@@ -97,12 +97,16 @@ def test_generation_table_joins_runs_domains_and_evaluations(tmp_path):
     write_result(tmp_path / "t1" / "samples" / "s1" / "evaluation.json", stamp("evaluation", {
         "source": {"model_id": "t1", "sample_id": "s1", "reference": "train"}, "mode": "fast",
         "results": {"predictive": _interval(0.25), "segment_dtw_paired": _interval(3.0)}}, run_id="t1"))
+    write_result(tmp_path / "t1" / "samples" / "s1" / "evaluation-gaussian.json", stamp("evaluation", {
+        "source": {"model_id": "t1", "sample_id": "s1", "reference": "train", "set": "gaussian"}, "mode": "fast",
+        "results": {"predictive": _interval(0.5)}}, run_id="t1"))
     rows = {(r["run_id"], r["set"]): r for r in generation_table(find_results(tmp_path), tmp_path)}
     assert set(rows) == {(rid, s) for rid in ("t1", "f1") for s in ("model", "gaussian", "held_out")}
     assert rows["t1", "model"]["domain"] == "time" and rows["f1", "model"]["domain"] == "frequency"
     assert rows["t1", "model"]["data"] == "StocksDataModule" and rows["f1", "model"]["context_fid"] == 0.09
     assert rows["t1", "model"]["predictive"] == 0.25 and rows["t1", "model"]["dtw"] == 3.0
-    assert "predictive" not in rows["f1", "model"] and "predictive" not in rows["t1", "gaussian"]
+    assert "predictive" not in rows["f1", "model"] and "predictive" not in rows["t1", "held_out"]
+    assert rows["t1", "gaussian"]["predictive"] == 0.5  # `cmd/evaluate.py set=gaussian` joins the Gaussian row
     assert rows["t1", "gaussian"]["swd_vs_test"] == 1.0 and rows["t1", "held_out"]["swd_vs_test"] is None
 
 

@@ -189,17 +189,17 @@ def run_label(run_dir: str | os.PathLike) -> dict[str, Any]:
 def generation_table(results: Iterable[Result], runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """One row per (sampling run, set) across models and data sets: the quality verdict's Context-FID and
     discriminative score (mean and 95 % interval, vs the training windows) for ``model`` / ``gaussian`` /
-    ``held_out``; the model row also takes the scores of a ``cmd/evaluate.py`` run on the same samples
-    (predictive, KL, DTW, SWD, correlational; reference = training windows); every row takes the SWD vs
-    the test split from ``cmd/sample.py`` (``swd_vs_test``: secondary, it cannot rank generators)."""
+    ``held_out``; each row also takes the scores of a ``cmd/evaluate.py model_id=<run> set=<set>`` run on the
+    same sampling run (predictive, KL, DTW, SWD, correlational; reference = training windows); every row takes
+    the SWD vs the test split from ``cmd/sample.py`` (``swd_vs_test``: secondary, it cannot rank generators)."""
     results = list(results)
-    evals: dict[tuple[str | None, str], dict[str, Any]] = {}
+    evals: dict[tuple[str | None, str, str], dict[str, Any]] = {}
     for res in results:
         if res.kind != "evaluation":
             continue
         src = res.get("source") or {}
         if src.get("sample_id") and src.get("reference", "train") == "train":
-            evals[(res.run_id, src["sample_id"])] = res["results"]
+            evals[(res.run_id, src["sample_id"], src.get("set") or "model")] = res["results"]
     rows = []
     for res in results:
         if res.kind != "sample":
@@ -211,11 +211,10 @@ def generation_table(results: Iterable[Result], runs_dir: str | os.PathLike) -> 
         for set_name in dict.fromkeys([*quality, *[s for s in secondary if s != "train"]]):
             row = {"run_id": res.run_id, "sample_dir": sample_id, **label, "set": set_name,
                    **_interval_cols(quality.get(set_name, {}), ("context_fid", "discriminative"))}
-            if set_name == "model":
-                for key, col in _EVAL_COLUMNS.items():
-                    value = (evals.get((res.run_id, sample_id)) or {}).get(key)
-                    if value is not None:
-                        row[col], row[f"{col}_ci95"] = value.get("mean"), value.get("ci95")
+            for key, col in _EVAL_COLUMNS.items():
+                value = (evals.get((res.run_id, sample_id, set_name)) or {}).get(key)
+                if value is not None:
+                    row[col], row[f"{col}_ci95"] = value.get("mean"), value.get("ci95")
             row["swd_vs_test"] = (secondary.get(set_name) or {}).get("sliced_wasserstein")
             rows.append(row)
     return rows

@@ -73,6 +73,11 @@ def _load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
 
 def run_training_windows(run_dir: Path, data_root: str | None = None) -> np.ndarray:
     """The training windows ``(N, length, channels)`` of a run, rebuilt from its saved datamodule config."""
+    return run_datamodule(run_dir, data_root).train_array("train")
+
+
+def run_datamodule(run_dir: Path, data_root: str | None = None):
+    """The datamodule of a run, rebuilt from its saved config and set up (all splits)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -90,7 +95,22 @@ def run_training_windows(run_dir: Path, data_root: str | None = None) -> np.ndar
     dm = instantiate(train_cfg.datamodule)
     dm.prepare_data()
     dm.setup("fit")
-    return dm.train_array("train")
+    return dm
+
+
+def _reference_set(dm, sample_dir: Path, which: str, n: int, seed: int) -> np.ndarray:
+    """``gaussian`` / ``held_out`` as ``cmd/sample.py`` drew them for this sample folder (its saved seed)."""
+    from omegaconf import OmegaConf
+
+    from tsdiff.tasks.sample import reference_sets
+
+    saved = sample_dir / "config.yaml"
+    if saved.is_file():
+        seed = int(OmegaConf.load(saved).get("seed", seed))
+    out = reference_sets(dm, n, seed)[which]
+    if out is None:
+        raise ValueError(f"the run's data has fewer than 2 val+test windows, so there is no held_out set; use set=gaussian or set=model.")
+    return out
 
 
 def newest_sample_dir(run_dir: Path, sample_id: str | None = None) -> Path:
@@ -195,13 +215,17 @@ def run(cfg: Any) -> dict[str, Any]:
         if reference not in ("train", "test"):
             raise ValueError(f"reference must be 'train' (the run's training windows, Diffusion-TS) or 'test'; got {reference!r}.")
         fake = _load_npy(sample_dir / "samples.npy", "samples.npy")
-        if reference == "train":
-            real = run_training_windows(run_dir, _cfg_get(cfg, "data_root"))
-        else:
-            real = _load_npy(sample_dir / "real.npy", "real.npy")
-        default_out = sample_dir / ("evaluation.json" if reference == "train" else "evaluation-test.json")
+        which = str(_cfg_get(cfg, "set", "model") or "model")
+        if which not in ("model", "gaussian", "held_out"):
+            raise ValueError(f"set={which!r} must be model (the samples), gaussian or held_out (the verdict's reference sets).")
+        dm = run_datamodule(run_dir, _cfg_get(cfg, "data_root")) if reference == "train" or which != "model" else None
+        if which != "model":  # the same reference set cmd/sample.py judged next to these samples
+            fake = _reference_set(dm, sample_dir, which, len(fake), int(_cfg_get(cfg, "seed", 0)))
+        real = dm.train_array("train") if reference == "train" else _load_npy(sample_dir / "real.npy", "real.npy")
+        suffix = ("" if reference == "train" else "-test") + ("" if which == "model" else f"-{which}")
+        default_out = sample_dir / f"evaluation{suffix}.json"
         source = {"model_id": run_dir.name, "sample_id": sample_dir.name, "sample_dir": str(sample_dir),
-                  "reference": reference}
+                  "reference": reference, "set": which}
     else:
         raise ValueError(
             "nothing to evaluate: pass model_id=<run_id|latest> (with runs_dir=...) or real_path=<real.npy> fake_path=<fake.npy>."

@@ -61,6 +61,18 @@ def gaussian_baseline(train: np.ndarray, n: int, seed: int) -> np.ndarray:
     return out.reshape(n, *train.shape[1:]).astype(np.float32)
 
 
+def reference_sets(dm, n: int, seed: int) -> dict[str, np.ndarray | None]:
+    """The sets the samples are compared with, ``n`` windows each, drawn from ``seed`` (``cmd/evaluate.py set=...``
+    rebuilds the same ones): ``gaussian`` (fitted to the training windows), ``held_out`` (val + test windows,
+    ``None`` when there are fewer than 2) and ``train`` (a subset of the training windows)."""
+    train = dm.train_array("train")
+    rng = np.random.default_rng(seed)
+    train_subset = train[rng.choice(len(train), size=min(n, len(train)), replace=False)]
+    held = np.concatenate([dm.train_array("val"), dm.train_array("test")])
+    held_out = held[np.sort(rng.choice(len(held), size=min(n, len(held)), replace=False))] if len(held) >= 2 else None
+    return {"gaussian": gaussian_baseline(train, n, seed), "held_out": held_out, "train": train_subset}
+
+
 def evaluate_against(real: np.ndarray, candidates: dict[str, np.ndarray], num_directions: int, seed: int) -> dict[str, dict[str, float]]:
     """The reference's metrics of every candidate set against ``real``."""
     from tsdiff.metrics.statistics import spectral_density_distance
@@ -164,19 +176,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     real = dm.train_array("test")
     train = dm.train_array("train")
-    rng = np.random.default_rng(int(cfg.seed))
     n = len(fake)
-    train_subset = train[rng.choice(len(train), size=min(n, len(train)), replace=False)]
-    gaussian = gaussian_baseline(train, n, int(cfg.seed))
-    candidates = {"model": fake, "gaussian": gaussian, "train": train_subset}
+    refs = reference_sets(dm, n, int(cfg.seed))
+    gaussian = refs["gaussian"]
+    candidates = {"model": fake, "gaussian": gaussian, "train": refs["train"]}
     metrics = evaluate_against(real, candidates, int(cfg.num_directions), int(cfg.seed))
     quality = None
     qcfg = cfg.get("quality") or {}
     if qcfg.get("enabled", True):
         sets = {"model": fake, "gaussian": gaussian}
-        held = np.concatenate([dm.train_array("val"), real])
-        if len(held) >= 2:  # a data set without val/test windows has no held-out row
-            sets["held_out"] = held[np.sort(rng.choice(len(held), size=min(n, len(held)), replace=False))]
+        if refs["held_out"] is not None:  # a data set without val/test windows has no held-out row
+            sets["held_out"] = refs["held_out"]
         quality = quality_report(train, sets, qcfg, int(cfg.seed), str(device))
 
     out_dir = new_child_dir(run_dir / "samples")

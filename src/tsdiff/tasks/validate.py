@@ -180,7 +180,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     },
     "evaluate": {
         **_SEED, **_LOGGER, "mode": _choice("paper", "fast"), "num_runs": _int(1, null=True), "scale": _choice("minmax", "none"),
-        "num_threads": _int(1, null=True), "overwrite": _bool(), "device": _device,
+        "num_threads": _int(1, null=True), "overwrite": _bool(), "device": _device, "set": _choice("model", "gaussian", "held_out"),
     },
     "benchmark_cache": {
         **_SEED, **_SAMPLING, **_CACHE, "repeats": _int(1), "warmup": _int(0), "sweep_repeats": _int(1), "num_seeds": _int(1),
