@@ -69,10 +69,16 @@ def _fill(override: str) -> str:
 TEMPLATE = re.compile(r"=([A-Z][A-Z0-9]*|[A-Z]+_\w*)$")  # model=M, seed=S, run_id=NAME_sS
 
 
+def _inline(path: Path):
+    """Commands quoted inline in the prose (`python cmd/sample.py model_id=<run> seed=S`), outside code blocks."""
+    prose = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return [m.replace("\n", " ") for m in re.findall(r"`((?:OMP_NUM_THREADS=1 )?(?:python|torchrun)[^`]*cmd/\w+\.py[^`]*)`", prose)]
+
+
 def doc_commands(pages=PAGES):
     out = []
     for page in pages:
-        for block in _blocks(page, "shell"):
+        for block in [*_blocks(page, "shell"), *_inline(page)]:
             for line in block.replace("\\\n", " ").splitlines():
                 for name, overrides in _commands(line):
                     overrides = [o for o in overrides if not o.startswith("[")]

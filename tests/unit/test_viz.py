@@ -96,7 +96,7 @@ def test_generation_table_joins_runs_domains_and_evaluations(tmp_path):
         write_result(run / "samples" / "s1" / "metrics.json", _sample(rid, cfid))
     write_result(tmp_path / "t1" / "samples" / "s1" / "evaluation.json", stamp("evaluation", {
         "source": {"model_id": "t1", "sample_id": "s1", "reference": "train"}, "mode": "fast",
-        "results": {"predictive": _interval(0.25), "segment_dtw_paired": _interval(3.0)}}, run_id="t1"))
+        "results": {"predictive": _interval(0.25), "segment_dtw_paired@6": _interval(3.0), "segment_dtw_paired@8": _interval(4.0)}}, run_id="t1"))
     write_result(tmp_path / "t1" / "samples" / "s1" / "evaluation-gaussian.json", stamp("evaluation", {
         "source": {"model_id": "t1", "sample_id": "s1", "reference": "train", "set": "gaussian"}, "mode": "fast",
         "results": {"predictive": _interval(0.5)}}, run_id="t1"))
@@ -104,7 +104,7 @@ def test_generation_table_joins_runs_domains_and_evaluations(tmp_path):
     assert set(rows) == {(rid, s) for rid in ("t1", "f1") for s in ("model", "gaussian", "held_out")}
     assert rows["t1", "model"]["domain"] == "time" and rows["f1", "model"]["domain"] == "frequency"
     assert rows["t1", "model"]["data"] == "StocksDataModule" and rows["f1", "model"]["context_fid"] == 0.09
-    assert rows["t1", "model"]["predictive"] == 0.25 and rows["t1", "model"]["dtw"] == 3.0
+    assert rows["t1", "model"]["predictive"] == 0.25 and rows["t1", "model"]["dtw@6"] == 3.0 and rows["t1", "model"]["dtw@8"] == 4.0
     assert "predictive" not in rows["f1", "model"] and "predictive" not in rows["t1", "held_out"]
     assert rows["t1", "gaussian"]["predictive"] == 0.5  # `cmd/evaluate.py set=gaussian` joins the Gaussian row
     assert rows["t1", "gaussian"]["swd_vs_test"] == 1.0 and rows["t1", "held_out"]["swd_vs_test"] is None

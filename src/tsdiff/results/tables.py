@@ -160,7 +160,7 @@ def forecast_rows(results: Iterable[Result]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------
 # Views across runs: what the notebook compares (models x data sets), and the arrays behind a figure.
 
-_EVAL_COLUMNS = {  # cmd/evaluate.py metric -> column of generation_table
+_EVAL_COLUMNS = {  # cmd/evaluate.py metric -> column of generation_table (DTW: dtw@<segment length>)
     "predictive": "predictive", "kl": "kl", "segment_dtw_paired": "dtw", "segment_dtw_nn": "dtw_nn",
     "sliced_wasserstein": "swd", "correlational": "correlational",
 }
@@ -211,9 +211,10 @@ def generation_table(results: Iterable[Result], runs_dir: str | os.PathLike) -> 
         for set_name in dict.fromkeys([*quality, *[s for s in secondary if s != "train"]]):
             row = {"run_id": res.run_id, "sample_dir": sample_id, **label, "set": set_name,
                    **_interval_cols(quality.get(set_name, {}), ("context_fid", "discriminative"))}
-            for key, col in _EVAL_COLUMNS.items():
-                value = (evals.get((res.run_id, sample_id, set_name)) or {}).get(key)
-                if value is not None:
+            for key, value in (evals.get((res.run_id, sample_id, set_name)) or {}).items():
+                base, at, length = key.partition("@")  # segment DTW reports one score per segment length
+                if base in _EVAL_COLUMNS and value is not None:
+                    col = _EVAL_COLUMNS[base] + at + length
                     row[col], row[f"{col}_ci95"] = value.get("mean"), value.get("ci95")
             row["swd_vs_test"] = (secondary.get(set_name) or {}).get("sliced_wasserstein")
             rows.append(row)
