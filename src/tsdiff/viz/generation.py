@@ -60,9 +60,13 @@ def pca_2d(reference: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [(np.asarray(x, dtype=np.float64).reshape(len(x), -1) - mean) @ axes.T for x in (reference, *others)]
 
 
-def series_grid(sets: Mapping[str, np.ndarray], real: str = "real", n: int = 8, max_channels: int = 3):
-    """One column per set, one row per channel (up to ``max_channels``): ``n`` series of each set."""
+def series_grid(sets: Mapping[str, np.ndarray], real: str = "real", n: int = 8, max_channels: int = 3, seed: int = 0):
+    """One column per set, one row per channel (up to ``max_channels``): ``n`` series of each set, a seeded
+    random pick (saved windows are in split order, so the first ones would all come from one period)."""
     data = _check(sets, real)
+    sizes = {k: len(v) for k, v in data.items()}
+    rng = np.random.default_rng(seed)
+    data = {k: v[np.sort(rng.choice(len(v), size=min(n, len(v)), replace=False))] for k, v in data.items()}
     plt = _plt()
     n_ch = min(next(iter(data.values())).shape[-1], max_channels)
     fig, axes = plt.subplots(n_ch, len(data), figsize=(4.2 * len(data), 2.3 * n_ch), squeeze=False, sharey="row")
@@ -71,7 +75,7 @@ def series_grid(sets: Mapping[str, np.ndarray], real: str = "real", n: int = 8, 
             axes[c, j].plot(arr[:n, :, c].T, alpha=0.7, lw=1)
             if j == 0:
                 axes[c, j].set_ylabel(f"channel {c}")
-        axes[0, j].set_title(f"{name} ({min(n, len(arr))} of {len(arr)})")
+        axes[0, j].set_title(f"{name} ({len(arr)} of {sizes[name]})")
     fig.tight_layout()
     return fig
 
