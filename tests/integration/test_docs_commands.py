@@ -139,3 +139,22 @@ def test_the_guide_commands_run_with_tiny_budgets(tmp_path, monkeypatch):
         for block in _blocks(ROOT / "docs" / page, "python"):
             code = block.replace("num_samples=256, num_diffusion_steps=100", "num_samples=8, num_diffusion_steps=3")
             exec(compile(code, f"{page} python block", "exec"), {})
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a page's headings (lower case, punctuation dropped, spaces to dashes)."""
+    heads = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", path.read_text(), flags=re.S), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_every_relative_link_of_the_docs_points_at_a_file_and_heading_that_exist():
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"\w+://", target):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (page.parent / file).resolve() if file else page
+            if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in _anchors(dest)):
+                broken.append(f"{page.name}: {target}")
+    assert not broken, broken
