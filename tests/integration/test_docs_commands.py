@@ -135,7 +135,7 @@ def test_the_guide_commands_run_with_tiny_budgets(tmp_path, monkeypatch):
                         ran.append((page, name))
     assert sum(1 for _, n in ran if n == "train") >= 12 and sum(1 for _, n in ran if n == "sample") >= 5
     assert {p for p, _ in ran} == set(RUN_PAGES)
-    for page in ("datasets.md", "metrics.md", "frequency_diffusion.md"):
+    for page in ("datasets.md", "metrics.md", "frequency_diffusion.md", "scaling.md"):
         for block in _blocks(ROOT / "docs" / page, "python"):
             code = block.replace("num_samples=256, num_diffusion_steps=100", "num_samples=8, num_diffusion_steps=3")
             exec(compile(code, f"{page} python block", "exec"), {})
