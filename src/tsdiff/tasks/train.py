@@ -293,6 +293,10 @@ def _replica_spread(trainer, model) -> float | None:
     if trainer.world_size <= 1:
         return None
     import torch
+    from pytorch_lightning.strategies import DDPStrategy
+
+    if not isinstance(trainer.strategy, DDPStrategy):  # FSDP & co. hold shards, not replicas
+        return None
 
     spread = 0.0
     for name, value in model.state_dict().items():
