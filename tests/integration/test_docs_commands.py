@@ -28,7 +28,7 @@ TINY = {
               "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none", *TINY_SCORE],
     "sample": ["num_samples=8", "sampler.steps=3", "progress=false", "logger=none", "num_directions=20", "quality.num_runs=2",
                "quality.context_fid_iterations=2", "quality.discriminative_iterations=2", "quality.reference_size=64"],
-    "evaluate": ["num_runs=2", "metric_settings.context_fid.iterations=2", "metric_settings.discriminative.iterations=2",
+    "evaluate": ["num_runs=1", "metric_settings.context_fid.iterations=2", "metric_settings.discriminative.iterations=2",
                  "metric_settings.predictive.iterations=2", "metric_settings.segment_dtw_nn.max_windows=16"],
 }
 
