@@ -65,6 +65,7 @@ class E2CRFCache(CachePolicy):
                 policy.mode = mode
         self.tau_0, self.R = tau_0, int(R)  # the setting ("auto" is resolved per model by the running policy)
         self.active: E2CRFPolicy | None = None
+        self.run_seed: int | None = None
 
     def choose(self, spec: Any, batch_size: int) -> E2CRFPolicy:
         """The policy that runs on ``spec``'s model for chunks of ``batch_size`` samples."""
@@ -79,6 +80,7 @@ class E2CRFCache(CachePolicy):
 
     def start(self, denoiser: Any, num_steps: int, batch_size: int) -> None:
         self.active = self.choose(denoiser, batch_size)
+        self.active.run_seed = getattr(self, "run_seed", None)
         self.active.start(denoiser, num_steps, batch_size)
 
     def __call__(self, denoise, x, t, cond, step):

@@ -91,10 +91,13 @@ class ReusePricer:
         data_std: per-component data std ``(L, C)`` or None (energy from the current input).
         per_sample: price whole samples (``(B, ...) -> (B,)``) instead of tokens (``(B, L, C) -> (B, L)``).
         energy_weighting: ``False`` gives ``w_i = 1`` (the ablation).
+        patch: positions per token (a patched transformer): per-position quantities are pooled over each
+            token's positions (mean square; the zero padding of the last patch is not counted).
     """
 
     def __init__(self, *, schedule: Any, parameterization: str, output_sensitivity: Callable[..., torch.Tensor] | None,
-                 data_std: torch.Tensor | None, per_sample: bool, energy_weighting: bool):
+                 data_std: torch.Tensor | None, per_sample: bool, energy_weighting: bool, patch: int = 1):
+        self.patch = int(patch)
         self.schedule, self.parameterization = schedule, parameterization
         self.output_sensitivity, self.data_std = output_sensitivity, data_std
         self.per_sample, self.energy_weighting = per_sample, energy_weighting
@@ -119,17 +122,28 @@ class ReusePricer:
     def rms(v: torch.Tensor) -> torch.Tensor:
         return v.pow(2).mean(1).sqrt()
 
+    def token_mean(self, v: torch.Tensor) -> torch.Tensor:
+        """Per-position values ``(B, L)`` averaged over each token's positions -> ``(B, tokens)``."""
+        p = self.patch
+        if p == 1:
+            return v
+        length = v.shape[1]
+        n_tok = -(-length // p)
+        total = torch.nn.functional.pad(v, (0, n_tok * p - length)).view(v.shape[0], n_tok, p).sum(-1)
+        count = torch.full((n_tok,), float(p), device=v.device, dtype=v.dtype)
+        count[-1] = length - (n_tok - 1) * p
+        return total / count
     def energy_weights(self, y: torch.Tensor) -> torch.Tensor:
         """``w_i = clip(sqrt(mean_j E_j / E_i), 1/16, 16)``, shape ``(1 or B, L)``; ``E_i`` is the token's
         mean square data std (the current input's when there is none). Converts a deviation in units of
         the token's own data std into units of the sample's rms: energetic tokens get lower thresholds."""
         length = y.shape[1]
         if not self.energy_weighting:
-            return torch.ones(1, length, device=y.device)
-        if self._weights is None or self._weights.shape[-1] != length:
+            return torch.ones(1, -(-length // self.patch), device=y.device)
+        if self._weights is None or self._weights.shape[-1] != -(-length // self.patch):
             std = self.data_std
             fixed = std is not None and std.shape[0] == length
-            energy = std.pow(2).mean(-1)[None].to(y.device, torch.float32) if fixed else y.pow(2).mean(-1)
+            energy = self.token_mean(std.pow(2).mean(-1)[None].to(y.device, torch.float32) if fixed else y.pow(2).mean(-1))
             w = (energy.mean(1, keepdim=True) / (energy + EPS)).sqrt().clamp(1.0 / 16.0, 16.0)
             if not fixed:
                 return w  # follows the current input: not cached
@@ -165,7 +179,7 @@ class ReusePricer:
         w = sens * f
         if self.per_sample:
             return w.flatten(1).pow(2).mean(1).sqrt()
-        return w.pow(2).mean(-1).sqrt()
+        return self.token_mean(w.pow(2).mean(-1)).sqrt()
 
     def harm(self, u: torch.Tensor) -> torch.Tensor:
         """Predicted deviation ``g`` one more reuse adds, from the relative input change ``u`` ((B, L) or (B,))."""

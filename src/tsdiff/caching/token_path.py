@@ -28,6 +28,7 @@ class LayerCache:
     k: torch.Tensor  # (B, H, L, d_head) keys from the layer input at each token's last recompute
     v: torch.Tensor  # (B, H, L, d_head)
     d: torch.Tensor  # (B, L, d_model) the layer's residual contribution  layer(h) - h
+    d_prev: torch.Tensor | None = None  # forecast="linear": each token's residual computed before ``d``
 
 
 class TokenE2CRF(E2CRFPolicy):
@@ -69,6 +70,8 @@ class TokenE2CRF(E2CRFPolicy):
         self._h0_ref: torch.Tensor | None = None  # (B, L, d) layer-0 input at each token's last recompute
         self._forced: torch.Tensor | None = None
         self._selected: torch.Tensor | None = None
+        self._t_ref: torch.Tensor | None = None  # (B, L) network time of each token's last recompute
+        self._t_prev: torch.Tensor | None = None  # (B, L) ... of the one before (NaN: none yet)
 
     def _choose_path(self, iface: CacheInterface | None) -> str:
         if iface is None or iface.tokens is None:
@@ -82,7 +85,7 @@ class TokenE2CRF(E2CRFPolicy):
         return "token"
 
     def _cached_tensors(self) -> list[torch.Tensor]:
-        tensors = [t for lc in self._layers or [] for t in (lc.k, lc.v, lc.d)]
+        tensors = [t for lc in self._layers or [] for t in (lc.k, lc.v, lc.d, lc.d_prev) if t is not None]
         return tensors + ([self._h0_ref] if self._h0_ref is not None else [])
 
     def _finish_extra(self, stats) -> None:
@@ -110,10 +113,13 @@ class TokenE2CRF(E2CRFPolicy):
         return self._partial_rows(h0, selected, None, int(selected.sum(1).max()) if n is None else n)
 
     # ------------------------------------------------------------------ full forward (stores caches)
-    def _full_rows(self, h0: torch.Tensor, rows: torch.Tensor | None, measure: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _full_rows(self, h0: torch.Tensor, rows: torch.Tensor | None, measure: bool,
+                   ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Full forward of batch rows ``rows`` (all when None) from their input tokens ``h0``; stores K/V
         and residuals of every token of those rows. Returns the last hidden state and, when ``measure``,
-        the hidden state a reuse of the cached residuals would have produced (before overwriting)."""
+        the hidden state a reuse of the cached residuals (forecast with ``ratio`` when given) would have
+        produced (before overwriting)."""
+        linear = self.forecast == "linear"
         acc = torch.zeros_like(h0) if measure else None
         h = h0
         new_layers: list[LayerCache] = []
@@ -124,7 +130,12 @@ class TokenE2CRF(E2CRFPolicy):
             if self._layers is not None:
                 lc = self._layers[i]
                 if measure:
-                    acc += lc.d if rows is None else lc.d.index_select(0, rows)
+                    acc += self._forecast(lc, ratio) if rows is None else lc.d.index_select(0, rows)
+                if linear:
+                    if lc.d_prev is None or rows is None:
+                        lc.d_prev = lc.d.clone()
+                    else:
+                        lc.d_prev.index_copy_(0, rows, lc.d.index_select(0, rows))
                 if rows is None:
                     lc.k, lc.v, lc.d = k.contiguous(), v.contiguous(), d
                 else:
@@ -138,6 +149,33 @@ class TokenE2CRF(E2CRFPolicy):
             self._layers = new_layers
         return h, (h0 + acc if measure else None)
 
+    # ------------------------------------------------------------------ forecasting reused residuals
+    @staticmethod
+    def _forecast(lc: LayerCache, ratio: torch.Tensor | None) -> torch.Tensor:
+        """A layer's residuals as a reuse sees them: held, or extrapolated by ``ratio`` ``(B, L)``."""
+        if ratio is None or lc.d_prev is None:
+            return lc.d
+        return lc.d + (lc.d - lc.d_prev) * ratio.unsqueeze(-1)
+
+    def _ratio(self, t: torch.Tensor, batch: int, length: int) -> torch.Tensor | None:
+        """Per token, how far (in units of its last interval) a linear forecast reaches at time ``t``."""
+        if self.forecast == "hold" or self._t_ref is None:
+            return None
+        return self.forecast_ratio(t.reshape(-1).expand(batch)[:, None].to(torch.float32), self._t_ref, self._t_prev)
+
+    def _times(self, fresh: torch.Tensor | None, t: torch.Tensor, batch: int, length: int) -> None:
+        """Tokens ``fresh`` ``(B, L)`` (all when None) were recomputed at time ``t``: shift their times."""
+        if self.forecast == "hold":
+            return
+        tb = t.reshape(-1).expand(batch)[:, None].to(torch.float32).expand(batch, length)
+        if self._t_ref is None:
+            self._t_ref, self._t_prev = tb.clone(), torch.full_like(tb, float("nan"))
+        elif fresh is None:
+            self._t_prev, self._t_ref = self._t_ref, tb.clone()
+        else:
+            self._t_prev = torch.where(fresh, self._t_ref, self._t_prev)
+            self._t_ref = torch.where(fresh, tb, self._t_ref)
+
     # ------------------------------------------------------------------ one evaluation
     def _network(self, y: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
         net, step, pricer = self._net, self._step, self.pricer
@@ -145,10 +183,12 @@ class TokenE2CRF(E2CRFPolicy):
         batch, length, _ = h0.shape
         n_layers = len(net.layers)
         first = self._layers is None
+        ratio = self._ratio(tt, batch, length)
         if first or self._is_refresh(step):
             measure = (not first) and self._adapt(step)
             u = pricer.intensity(h0, self._h0_ref) if measure else None
-            h, h_reuse = self._full_rows(h0, None, measure)
+            h, h_reuse = self._full_rows(h0, None, measure, ratio)
+            self._times(None, tt, batch, length)
             out = net.readout(h)
             if first:
                 pricer.mult = torch.ones(batch, length, device=h0.device)
@@ -167,7 +207,7 @@ class TokenE2CRF(E2CRFPolicy):
         n_full_t = full.sum()
         n_max_t = counts.masked_fill(full, 0).max()
         n_full, n_max = (int(v) for v in torch.stack([n_full_t, n_max_t]).tolist())  # the one host sync per step
-        out = torch.empty(batch, length, y.shape[-1], device=y.device, dtype=y.dtype)
+        out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
         computed = 0
         extra = self._stats.extra
         if n_full:
@@ -181,18 +221,21 @@ class TokenE2CRF(E2CRFPolicy):
                 self._h0_ref.index_copy_(0, rows, h0.index_select(0, rows))
                 out.index_copy_(0, rows, net.readout(h))
             computed += n_full * length
+            if ratio is not None:
+                ratio = ratio.masked_fill(full[:, None], 0.0)
             extra["sample_full_recomputes"] = extra.get("sample_full_recomputes", 0) + n_full
         if n_full < batch:
             rows = None if n_full == 0 else (~full).nonzero().squeeze(1)
             n = max(n_max, 1)
-            res = self._partial_rows(h0, sel, rows, n)
+            res = self._partial_rows(h0, sel, rows, n, ratio)
             if rows is None:
                 out = res
             else:
                 out.index_copy_(0, rows, res)
             computed += (batch - n_full) * n
+        fresh = sel | full[:, None]
+        self._times(fresh, tt, batch, length)
         if g is not None:
-            fresh = sel | full[:, None]
             self._acc = torch.where(fresh, torch.zeros_like(g), self._acc + g)
         pricer.F_ref = out
         self._count(full=n_full == batch, layers=n_layers, length=length, batch=batch, computed=computed)
@@ -208,7 +251,11 @@ class TokenE2CRF(E2CRFPolicy):
             if k:
                 from tsdiff.diffusion.fourier import frequency_index
 
-                order = torch.sort(frequency_index(length), stable=True).indices[:k]
+                # a patch token's frequency is its lowest component's (positions are padded at the end)
+                p = self.pricer.patch if self.pricer is not None else 1
+                freq = frequency_index(self._iface.length).float()
+                freq = torch.nn.functional.pad(freq, (0, length * p - freq.numel()), value=float("inf"))
+                order = torch.sort(freq.view(length, p).amin(1), stable=True).indices[:k]
                 forced[order.to(device)] = True
             self._forced = forced
             self._stats.extra["K_effective"] = int(k)
@@ -246,14 +293,19 @@ class TokenE2CRF(E2CRFPolicy):
             full = full.any().expand(batch)
         return sel, full, g
 
-    def _partial_rows(self, h0: torch.Tensor, sel: torch.Tensor, rows: torch.Tensor | None, n: int) -> torch.Tensor:
+    def _partial_rows(self, h0: torch.Tensor, sel: torch.Tensor, rows: torch.Tensor | None, n: int,
+                      ratio: torch.Tensor | None = None) -> torch.Tensor:
         """Recompute the selected tokens of batch rows ``rows`` (all when None) in every layer, against
-        all keys; reuse cached residuals/keys of the others. ``n`` tokens are gathered per sample
-        (selected ones first; padding slots are computed but their results are discarded)."""
+        all keys; reuse cached residuals/keys of the others (forecast by ``ratio`` ``(B, L)`` when given).
+        ``n`` tokens are gathered per sample (selected ones first; padding slots are computed but their
+        results are discarded)."""
         net = self._net
         if rows is not None:
             h0 = h0.index_select(0, rows)
             sel = sel.index_select(0, rows)
+            ratio = None if ratio is None else ratio.index_select(0, rows)
+        if ratio is not None:
+            ratio = ratio.masked_fill(sel, 0.0).unsqueeze(-1)  # recomputed tokens use their fresh residual
         b, length, dm = h0.shape
         prio = sel.to(h0.dtype) + torch.arange(length, 0, -1, device=h0.device, dtype=h0.dtype) / (2.0 * length)
         idx = prio.topk(n, dim=1, sorted=False).indices  # (b, n) selected first, then padding
@@ -277,13 +329,20 @@ class TokenE2CRF(E2CRFPolicy):
             kc.scatter_(2, idx_h, k)
             vc.scatter_(2, idx_h, v)
             out = layer.compose(hs, layer.attend(q, kc, vc))
-            d_new = torch.where(valid.unsqueeze(-1), out - hs, dc.gather(1, idx_d))
+            d_old = dc.gather(1, idx_d)
+            d_new = torch.where(valid.unsqueeze(-1), out - hs, d_old)
+            dpc = None
+            if lc.d_prev is not None:
+                dpc = lc.d_prev if rows is None else lc.d_prev.index_select(0, rows)
+                dpc.scatter_(1, idx_d, torch.where(valid.unsqueeze(-1), d_old, dpc.gather(1, idx_d)))
             dc.scatter_(1, idx_d, d_new)
             if rows is not None:
                 lc.k.index_copy_(0, rows, kc)
                 lc.v.index_copy_(0, rows, vc)
                 lc.d.index_copy_(0, rows, dc)
-            h = h + dc
+                if dpc is not None:
+                    lc.d_prev.index_copy_(0, rows, dpc)
+            h = h + (dc if ratio is None or dpc is None else dc + (dc - dpc) * ratio)
         # the recomputed tokens' reference input is now the current one
         ref = self._h0_ref if rows is None else self._h0_ref.index_select(0, rows)
         ref.scatter_(1, idx_d, torch.where(valid.unsqueeze(-1), h0.gather(1, idx_d), ref.gather(1, idx_d)))
