@@ -25,8 +25,8 @@ from tsdiff.caching.pricing import check_number
 
 @dataclass
 class LayerCache:
-    k: torch.Tensor  # (B, H, L, d_head) keys from the layer input at each token's last recompute
-    v: torch.Tensor  # (B, H, L, d_head)
+    k: torch.Tensor  # (B, L, d_model) keys (heads side by side) from the layer input at each token's last recompute
+    v: torch.Tensor  # (B, L, d_model)
     d: torch.Tensor  # (B, L, d_model) the layer's residual contribution  layer(h) - h
     d_prev: torch.Tensor | None = None  # forecast="linear": each token's residual computed before ``d``
 
@@ -106,11 +106,11 @@ class TokenE2CRF(E2CRFPolicy):
         self._h0_ref = h0.clone()
         return self._net.readout(h)
 
-    def partial_forward(self, y: torch.Tensor, t: torch.Tensor, selected: torch.Tensor, n: int | None = None) -> torch.Tensor:
-        """Forward recomputing only tokens ``selected`` ``(B, L)`` (``n`` gathered per sample; default the
-        largest selection), reusing the cached keys/residuals of the others."""
+    def partial_forward(self, y: torch.Tensor, t: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """Forward recomputing only tokens ``selected`` ``(B, L)``, reusing the cached keys/residuals of
+        the others."""
         h0 = self._net.embed_tokens(y, t)
-        return self._partial_rows(h0, selected, None, int(selected.sum(1).max()) if n is None else n)
+        return self._partial_rows(h0, selected, None)[0]
 
     # ------------------------------------------------------------------ full forward (stores caches)
     def _full_rows(self, h0: torch.Tensor, rows: torch.Tensor | None, measure: bool,
@@ -137,13 +137,13 @@ class TokenE2CRF(E2CRFPolicy):
                     else:
                         lc.d_prev.index_copy_(0, rows, lc.d.index_select(0, rows))
                 if rows is None:
-                    lc.k, lc.v, lc.d = k.contiguous(), v.contiguous(), d
+                    lc.k, lc.v, lc.d = _merge_heads(k), _merge_heads(v), d
                 else:
-                    lc.k.index_copy_(0, rows, k.contiguous())
-                    lc.v.index_copy_(0, rows, v.contiguous())
+                    lc.k.index_copy_(0, rows, _merge_heads(k))
+                    lc.v.index_copy_(0, rows, _merge_heads(v))
                     lc.d.index_copy_(0, rows, d)
             else:
-                new_layers.append(LayerCache(k.contiguous(), v.contiguous(), d))
+                new_layers.append(LayerCache(_merge_heads(k), _merge_heads(v), d))
             h = out
         if self._layers is None:
             self._layers = new_layers
@@ -203,10 +203,7 @@ class TokenE2CRF(E2CRFPolicy):
             return out
 
         sel, full, g = self._select(y, h0)
-        counts = sel.sum(1)
-        n_full_t = full.sum()
-        n_max_t = counts.masked_fill(full, 0).max()
-        n_full, n_max = (int(v) for v in torch.stack([n_full_t, n_max_t]).tolist())  # the one host sync per step
+        n_full = int(full.sum())  # host sync (and two more in _partial_rows to size the gathered rows)
         out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
         computed = 0
         extra = self._stats.extra
@@ -226,13 +223,13 @@ class TokenE2CRF(E2CRFPolicy):
             extra["sample_full_recomputes"] = extra.get("sample_full_recomputes", 0) + n_full
         if n_full < batch:
             rows = None if n_full == 0 else (~full).nonzero().squeeze(1)
-            n = max(n_max, 1)
-            res = self._partial_rows(h0, sel, rows, n, ratio)
+            pick = (lambda v: v) if rows is None else (lambda v: v.index_select(0, rows))
+            res, n_computed = self._partial_rows(pick(h0), pick(sel), rows, ratio)
             if rows is None:
                 out = res
             else:
                 out.index_copy_(0, rows, res)
-            computed += (batch - n_full) * n
+            computed += n_computed
         fresh = sel | full[:, None]
         self._times(fresh, tt, batch, length)
         if g is not None:
@@ -293,59 +290,62 @@ class TokenE2CRF(E2CRFPolicy):
             full = full.any().expand(batch)
         return sel, full, g
 
-    def _partial_rows(self, h0: torch.Tensor, sel: torch.Tensor, rows: torch.Tensor | None, n: int,
-                      ratio: torch.Tensor | None = None) -> torch.Tensor:
-        """Recompute the selected tokens of batch rows ``rows`` (all when None) in every layer, against
-        all keys; reuse cached residuals/keys of the others (forecast by ``ratio`` ``(B, L)`` when given).
-        ``n`` tokens are gathered per sample (selected ones first; padding slots are computed but their
-        results are discarded)."""
+    def _partial_rows(self, h0: torch.Tensor, sel: torch.Tensor, rows: torch.Tensor | None,
+                      ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """Recompute the selected tokens ``sel`` ``(b, L)`` of batch rows ``rows`` (all when None; ``h0``
+        and ``sel`` hold those rows) in every layer, against all keys; the others advance by their cached
+        residuals (forecast by ``ratio`` ``(B, L)`` when given). Returns the output and the number of
+        recomputed token slots.
+
+        Cost: the selected tokens of all samples are one flat list (no padding to the largest selection)
+        for the projections and the feed-forward, and caches are read and written through flat row
+        indices (``index_select`` / ``index_copy_``) instead of expanded-index gathers. Only the queries
+        are padded per sample for the attention call (zero queries, discarded)."""
         net = self._net
-        if rows is not None:
-            h0 = h0.index_select(0, rows)
-            sel = sel.index_select(0, rows)
-            ratio = None if ratio is None else ratio.index_select(0, rows)
-        if ratio is not None:
-            ratio = ratio.masked_fill(sel, 0.0).unsqueeze(-1)  # recomputed tokens use their fresh residual
         b, length, dm = h0.shape
-        prio = sel.to(h0.dtype) + torch.arange(length, 0, -1, device=h0.device, dtype=h0.dtype) / (2.0 * length)
-        idx = prio.topk(n, dim=1, sorted=False).indices  # (b, n) selected first, then padding
-        valid = sel.gather(1, idx)  # (b, n)
-        # selected (not padding) token slots, summed on the device; read once in finish()
-        self._selected = valid.sum() * len(net.layers) + (self._selected if self._selected is not None else 0)
-        idx_d = idx.unsqueeze(-1).expand(b, n, dm)
+        batch = self._layers[0].d.shape[0]
+        if ratio is not None:
+            ratio = ratio if rows is None else ratio.index_select(0, rows)
+            ratio = ratio.masked_fill(sel, 0.0).unsqueeze(-1)  # recomputed tokens use their fresh residual
+        nz = sel.nonzero()  # (N, 2): sample, token
+        n_sel = nz.shape[0]
+        n_max = max(int(sel.sum(1).max()), 1)
+        local = nz[:, 0] * length + nz[:, 1]  # rows of h.view(b * L, d)
+        glob = local if rows is None else rows.index_select(0, nz[:, 0]) * length + nz[:, 1]  # rows of the caches
+        slot = (sel.cumsum(1) - 1)[nz[:, 0], nz[:, 1]]
+        padded = nz[:, 0] * n_max + slot  # rows of the per-sample padded query block (b * n_max, d)
+        self._selected = n_sel * len(net.layers) + (self._selected or 0)
+        pick = (lambda v: v) if rows is None else (lambda v: v.index_select(0, rows))
         h = h0
-        for i, layer in enumerate(net.layers):
-            lc = self._layers[i]
-            kc = lc.k if rows is None else lc.k.index_select(0, rows)
-            vc = lc.v if rows is None else lc.v.index_select(0, rows)
-            dc = lc.d if rows is None else lc.d.index_select(0, rows)
-            hs = h.gather(1, idx_d)
-            q, k, v = layer.project_qkv(hs)
-            heads, dh = k.shape[1], k.shape[3]
-            idx_h = idx[:, None, :, None].expand(b, heads, n, dh)
-            valid_h = valid[:, None, :, None]
-            k = torch.where(valid_h, k, kc.gather(2, idx_h))
-            v = torch.where(valid_h, v, vc.gather(2, idx_h))
-            kc.scatter_(2, idx_h, k)
-            vc.scatter_(2, idx_h, v)
-            out = layer.compose(hs, layer.attend(q, kc, vc))
-            d_old = dc.gather(1, idx_d)
-            d_new = torch.where(valid.unsqueeze(-1), out - hs, d_old)
-            dpc = None
+        for lc, layer in zip(self._layers, net.layers):
+            hs = h.reshape(b * length, dm).index_select(0, local)  # (N, d)
+            q, k, v = layer.project_qkv(hs[None])  # (1, H, N, d_head)
+            heads = q.shape[1]
+            lc.k.view(batch * length, dm).index_copy_(0, glob, _merge_heads(k)[0])
+            lc.v.view(batch * length, dm).index_copy_(0, glob, _merge_heads(v)[0])
+            q_pad = h0.new_zeros(b * n_max, dm).index_copy_(0, padded, _merge_heads(q)[0])
+            attn = layer.attend(_split_heads(q_pad.view(b, n_max, dm), heads), _split_heads(pick(lc.k), heads),
+                                _split_heads(pick(lc.v), heads))
+            attn = attn.reshape(b * n_max, dm).index_select(0, padded)
+            d_new = layer.compose(hs[None], attn[None])[0] - hs
+            d_flat = lc.d.view(batch * length, dm)
             if lc.d_prev is not None:
-                dpc = lc.d_prev if rows is None else lc.d_prev.index_select(0, rows)
-                dpc.scatter_(1, idx_d, torch.where(valid.unsqueeze(-1), d_old, dpc.gather(1, idx_d)))
-            dc.scatter_(1, idx_d, d_new)
-            if rows is not None:
-                lc.k.index_copy_(0, rows, kc)
-                lc.v.index_copy_(0, rows, vc)
-                lc.d.index_copy_(0, rows, dc)
-                if dpc is not None:
-                    lc.d_prev.index_copy_(0, rows, dpc)
-            h = h + (dc if ratio is None or dpc is None else dc + (dc - dpc) * ratio)
+                lc.d_prev.view(batch * length, dm).index_copy_(0, glob, d_flat.index_select(0, glob))
+            d_flat.index_copy_(0, glob, d_new)
+            dc = pick(lc.d)
+            h = h + (dc if ratio is None or lc.d_prev is None else dc + (dc - pick(lc.d_prev)) * ratio)
         # the recomputed tokens' reference input is now the current one
-        ref = self._h0_ref if rows is None else self._h0_ref.index_select(0, rows)
-        ref.scatter_(1, idx_d, torch.where(valid.unsqueeze(-1), h0.gather(1, idx_d), ref.gather(1, idx_d)))
-        if rows is not None:
-            self._h0_ref.index_copy_(0, rows, ref)
-        return net.readout(h)
+        self._h0_ref.view(batch * length, dm).index_copy_(0, glob, h0.reshape(b * length, dm).index_select(0, local))
+        return net.readout(h), n_sel
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``(b, H, n, d_head) -> (b, n, H * d_head)`` (the cache layout: one row per token)."""
+    b, heads, n, dh = x.shape
+    return x.transpose(1, 2).reshape(b, n, heads * dh)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(b, n, H * d_head) -> (b, H, n, d_head)`` (a view)."""
+    b, n, dm = x.shape
+    return x.view(b, n, heads, dm // heads).transpose(1, 2)
