@@ -69,7 +69,7 @@ def test_ablation_cache_writes_all_variants(tiny_run, tmp_path):
     ])
     res = run(cfg)
     names = [r["variant"] for r in json.loads(res_path.read_text())["variants"]]
-    assert names == ["baseline", "e2crf", "no_event", "no_feedback", "no_energy", "naive", "random"]
+    assert names == ["baseline", "e2crf", "no_event", "no_feedback", "no_energy", "forecast", "naive", "random"]
     rows = {r["variant"]: r for r in res["variants"]}
     assert rows["random"]["path"] == "token" and rows["naive"]["cache_kwargs"]["selection"] == "fixed"
     assert Path(res["plot_path"]).is_file()

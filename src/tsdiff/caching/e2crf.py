@@ -75,7 +75,8 @@ class E2CRFCache(CachePolicy):
             return self.token  # without token blocks its start() raises a clear error
         if self.mode == "step" or self.selection == "fixed" or not tokens:
             return self.step
-        long_enough = iface.length >= AUTO_TOKEN_MIN_LEN and batch_size >= AUTO_TOKEN_MIN_BATCH
+        n_tokens = int(getattr(iface.tokens, "num_tokens", iface.length))  # patches: tokens, not positions
+        long_enough = n_tokens >= AUTO_TOKEN_MIN_LEN and batch_size >= AUTO_TOKEN_MIN_BATCH
         return self.token if long_enough else self.step
 
     def start(self, denoiser: Any, num_steps: int, batch_size: int) -> None:
