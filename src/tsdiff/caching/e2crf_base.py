@@ -28,7 +28,7 @@ class E2CRFPolicy(CachePolicy):
 
     Args:
         tau_0: threshold on the predicted deviation a reuse pushes into the sample, in units of its rms
-            (>= 0; 0 recomputes everything; larger = more reuse). ``"auto"`` (default): 0.1 for
+            (>= 0; 0 recomputes everything; larger = more reuse). ``"auto"`` (default): 0.02 for
             frequency-domain models, 0.01 for time-domain ones (:func:`~tsdiff.caching.pricing.resolve_tau_0`).
         R: a full refresh (with error-feedback measurement) every ``R`` evaluations (integer >= 1).
         event_trigger, error_feedback, energy_weighting: switch the three mechanisms off (ablations).
