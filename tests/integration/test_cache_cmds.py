@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 TINY_BENCH = [
     "num_samples=8", "num_diffusion_steps=7", "repeats=1", "warmup=0", "num_seeds=2", "batch_sizes=[1,4]",
-    "sweeps.tau_0=[0.3]", "sweeps.R=[]", "+matched.deterministic={dpm_solver++:[5]}", "matched.fractions=[0.5]",
+    "sweeps.tau_0=[0.3]", "sweeps.R=[]", "matched.solvers=[dpm_solver++]", "matched.steps=[5]", "matched.fractions=[0.5]",
     "context_fid.iterations=2", "context_fid.reference_size=16", "forward_costs.batches=[2]", "forward_costs.repeats=1",
     "token_scaling.lengths=[8]", "token_scaling.batches=[2]", "token_scaling.fractions=[0.5]", "token_scaling.repeats=1",
     "num_threads=1",

@@ -8,8 +8,9 @@ What it measures (all in one process, on the run's model):
    and the relative L2 of ``num_samples`` cached samples to the uncached ones from the same seed.
 2. **Parameter sweeps** (``sweeps``: each option varied around the ``cache`` config) at the largest batch.
 3. **Matched comparisons** (:mod:`tsdiff.tasks.bench_pareto`) at the largest batch, for the configured
-   solver and each ``matched.deterministic`` solver and step count: the uncached reference, the cache under
-   test and its ``matched.variants`` (token path, step path, forecast), and fewer steps of the same solver,
+   solver and each deterministic solver and step count: the uncached reference, the cache under
+   test and its ``matched.variants`` (token path, step path, forecast), and fewer steps of the same solver
+   (``matched.solvers`` x ``matched.steps`` for the deterministic ones),
    all from the same ``x_T`` (and Brownian path for Euler–Maruyama), timed interleaved; relative L2 to the
    reference sample by sample and whether the cache beats the fewer-steps curve at its own time.
 4. **The judge**: Context-FID against the training windows (fast settings, ``context_fid``) of every set
@@ -109,7 +110,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     result["sweeps"] = sweeps
 
     # 3: matched comparisons (configured solver, then the deterministic ones)
-    comparisons = [(solver, steps)] + [(name, int(n)) for name, ns in (matched_cfg.get("deterministic") or {}).items() for n in ns]
+    comparisons = [(solver, steps)] + [(name, int(n)) for name in matched_cfg.get("solvers") or [] for n in matched_cfg.get("steps") or []]
     fractions = [float(f) for f in matched_cfg.get("fractions", [0.25, 0.5])]
     result["matched"] = []
     for solv, n in comparisons:
