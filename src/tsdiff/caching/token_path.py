@@ -5,11 +5,13 @@ the token's last recompute and its cumulative residual ``D_l[i] = layer_l(h)[i] 
 step the input embedding is computed for every token; in every layer the selected tokens are gathered
 and only for them are queries, keys, values, attention against *all* keys (fresh for selected tokens,
 cached for the rest), and the layer's residual composition (:meth:`TokenLayer.compose`, the same function
-the plain forward uses) computed; the others advance by their cached ``D_l``. The read-out runs on all
-tokens. Selected: the ``K`` lowest frequencies (frequency domain only), random probes, and tokens whose
-priced intensity passes ``tau_0`` (:mod:`tsdiff.caching.pricing`); a sample selecting too much is
-computed in full. Every decision is per sample: padding slots are computed and discarded, so a sample's
-result does not depend on its batch neighbours. Measurements: ``docs/e2crf.md``.
+the plain forward uses) computed; the others advance by their cached ``D_l`` (held, or forecast with
+``forecast="linear"``). The read-out runs on all tokens. Tokens may be patches of positions (a patched
+transformer). Selected: the ``K`` lowest frequencies (frequency domain only), random probes, and tokens
+whose priced intensity passes ``tau_0`` (:mod:`tsdiff.caching.pricing`); a sample selecting too much is
+computed in full. Every decision is per sample and the selected tokens of all samples are computed as one
+flat list (no padding), so a sample's result does not depend on its batch neighbours. Measurements:
+``docs/e2crf.md``.
 """
 
 from __future__ import annotations
