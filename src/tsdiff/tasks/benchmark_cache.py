@@ -103,7 +103,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     sweeps = []
     base_big = make_sampler(model, device, big, None, solver, guidance=guidance)
     for param, values in (container(cfg.sweeps) or {}).items():
-        for value in values:
+        for value in values or []:
             row = _cached_row(model, device, big, {**cache_node, param: value}, cfg, seed, steps, base_big, sets["uncached"])
             row.pop("x")
             sweeps.append({"param": param, "value": value, **row})
