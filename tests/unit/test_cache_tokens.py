@@ -159,3 +159,26 @@ def test_probes_follow_the_sampler_seed_per_chunk():
     finally:
         TokenE2CRF._select = orig
     assert seen == first and first[:2] != first[2:]
+
+
+def test_partial_forward_of_one_sample_ignores_the_others():
+    """Direct leakage check on the flat-index bookkeeping: changing sample 1's input (and its selection)
+    leaves sample 0's partial forward unchanged (up to float summation order)."""
+    m = _model()
+    net = m.score_network
+    y, t = torch.randn(2, L, C, generator=torch.Generator().manual_seed(3)), torch.full((2,), 0.4)
+    sel = torch.zeros(2, net.num_tokens, dtype=torch.bool)
+    sel[0, [1, 2]] = True
+    outs = []
+    with torch.inference_mode():
+        for other, n_other in ((y[1], 1), (5.0 * torch.randn(L, C), 6)):
+            cache = TokenE2CRF()
+            cache.attach(net)
+            cache.refresh(y, t)
+            s = sel.clone()
+            s[1, :n_other] = True
+            y2 = y.clone()
+            y2[0] += 0.1
+            y2[1] = other
+            outs.append(cache.partial_forward(y2, t, s)[0])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
