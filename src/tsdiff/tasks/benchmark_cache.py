@@ -30,8 +30,17 @@ import torch
 from omegaconf import DictConfig
 
 from tsdiff.tasks.bench_common import (
-    benchmark_cache_config, container, env_info, interleaved_medians, load_model_and_data, make_sampler, quality_run, rel_l2,
-    run_checked, save_figure, write_outputs,
+    benchmark_cache_config,
+    container,
+    env_info,
+    interleaved_medians,
+    load_model_and_data,
+    make_sampler,
+    quality_run,
+    rel_l2,
+    run_checked,
+    save_figure,
+    write_outputs,
 )
 from tsdiff.tasks.bench_pareto import judge, matched_comparison
 from tsdiff.tasks.bench_tokens import forward_costs, token_scaling
