@@ -182,3 +182,14 @@ def test_partial_forward_of_one_sample_ignores_the_others():
             y2[1] = other
             outs.append(cache.partial_forward(y2, t, s)[0])
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_tau_0_auto_is_lower_under_deterministic_solvers():
+    """The sampler tells the cache its solver; ``auto`` picks the threshold measured to beat fewer steps."""
+    from tsdiff.caching.pricing import TAU_0_DETERMINISTIC, TAU_0_FREQUENCY, TAU_0_TIME
+
+    for fourier, solver, expected in ((True, "euler_maruyama", TAU_0_FREQUENCY), (True, "dpm_solver++", TAU_0_DETERMINISTIC),
+                                      (True, "ddim", TAU_0_DETERMINISTIC), (False, "dpm_solver++", TAU_0_TIME)):
+        _, stats = _sample(_model(fourier=fourier), 2, {}, solver=solver, steps=4, seed=0)
+        assert stats["extra"]["tau_0"] == expected, (fourier, solver)
+    assert E2CRFCache(tau_0=0.3).step.tau_0 == 0.3

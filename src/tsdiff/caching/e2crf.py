@@ -66,6 +66,7 @@ class E2CRFCache(CachePolicy):
         self.tau_0, self.R = tau_0, int(R)  # the setting ("auto" is resolved per model by the running policy)
         self.active: E2CRFPolicy | None = None
         self.run_seed: int | None = None
+        self.solver: str | None = None
 
     def choose(self, spec: Any, batch_size: int) -> E2CRFPolicy:
         """The policy that runs on ``spec``'s model for chunks of ``batch_size`` samples."""
@@ -81,7 +82,7 @@ class E2CRFCache(CachePolicy):
 
     def start(self, denoiser: Any, num_steps: int, batch_size: int) -> None:
         self.active = self.choose(denoiser, batch_size)
-        self.active.run_seed = getattr(self, "run_seed", None)
+        self.active.run_seed, self.active.solver = getattr(self, "run_seed", None), getattr(self, "solver", None)
         self.active.start(denoiser, num_steps, batch_size)
 
     def __call__(self, denoise, x, t, cond, step):

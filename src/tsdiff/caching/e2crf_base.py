@@ -29,7 +29,8 @@ class E2CRFPolicy(CachePolicy):
     Args:
         tau_0: threshold on the predicted deviation a reuse pushes into the sample, in units of its rms
             (>= 0; 0 recomputes everything; larger = more reuse). ``"auto"`` (default): 0.02 for
-            frequency-domain models, 0.01 for time-domain ones (:func:`~tsdiff.caching.pricing.resolve_tau_0`).
+            frequency-domain models (0.01 under a deterministic solver), 0.01 for time-domain ones
+            (:func:`~tsdiff.caching.pricing.resolve_tau_0`).
         R: a full refresh (with error-feedback measurement) every ``R`` evaluations (integer >= 1).
         event_trigger, error_feedback, energy_weighting: switch the three mechanisms off (ablations).
         batch_sync: decide for the whole chunk instead of per sample (faster on small networks; makes a
@@ -68,6 +69,7 @@ class E2CRFPolicy(CachePolicy):
         self.mode = "auto"  # what the user asked for (reported); E2CRFCache sets it
         self._stats = CacheStats()
         self.run_seed: int | None = None
+        self.solver: str | None = None
         self._reset_state()
 
     # ------------------------------------------------------------------ lifecycle
@@ -88,7 +90,7 @@ class E2CRFPolicy(CachePolicy):
         self._iface = model_cache_interface(denoiser)
         self._path = self._choose_path(self._iface)
         iface = self._iface
-        self.tau_0 = resolve_tau_0(self.tau_0_setting, iface.frequency_domain if iface is not None else None)
+        self.tau_0 = resolve_tau_0(self.tau_0_setting, iface.frequency_domain if iface is not None else None, self.solver)
         self.pricer = ReusePricer(
             schedule=denoiser.schedule, parameterization=denoiser.parameterization,
             output_sensitivity=iface.output_sensitivity if iface is not None else None,

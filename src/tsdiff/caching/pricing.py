@@ -38,13 +38,20 @@ _TIME_DOMAIN_WARNED = False
 #: same predicted deviation costs the sample more there.
 TAU_0_FREQUENCY = 0.02
 TAU_0_TIME = 0.01
+#: with deterministic solvers a reuse competes with fewer steps of a second-order method (DPM-Solver++), whose
+#: error falls faster: the measured winning threshold is lower (docs/e2crf.md, "Against fewer steps")
+TAU_0_DETERMINISTIC = 0.01
+DETERMINISTIC_SOLVERS = frozenset({"ddim", "dpm_solver++", "dpmpp", "pf_ode"})
 
 
-def resolve_tau_0(tau_0: Any, frequency_domain: bool | None) -> float:
+def resolve_tau_0(tau_0: Any, frequency_domain: bool | None, solver: str | None = None) -> float:
     """``tau_0`` as a number: ``"auto"``/``None`` -> :data:`TAU_0_FREQUENCY` for frequency-domain models (and
-    models that declare no domain), :data:`TAU_0_TIME` for time-domain ones; a number is checked and kept."""
+    models that declare no domain; :data:`TAU_0_DETERMINISTIC` under a deterministic ``solver``),
+    :data:`TAU_0_TIME` for time-domain ones; a number is checked and kept."""
     if tau_0 is None or tau_0 == "auto":
-        return TAU_0_TIME if frequency_domain is False else TAU_0_FREQUENCY
+        if frequency_domain is False:
+            return TAU_0_TIME
+        return TAU_0_DETERMINISTIC if solver in DETERMINISTIC_SOLVERS else TAU_0_FREQUENCY
     check_number("tau_0", tau_0, 0.0, None)
     return float(tau_0)
 
