@@ -100,3 +100,19 @@ def test_bad_skip_settings_name_the_fix():
         ScoreModule(n_channels=2, max_len=6, backbone=NET, noise_scheduler=VPSDE(), skip="gaussian", center=False)
     with pytest.raises(ValueError, match="skip=diagonal"):
         GaussianSkip(MAX_DIM + 1, 1)
+
+
+@pytest.mark.parametrize("mode", ["token", "step"])
+def test_e2crf_prices_the_gaussian_skip_and_matches_uncached_at_full_recompute(mode):
+    x = _correlated(length=8)
+    m = _model(x, fourier=True)
+    omega = m.output_sensitivity(torch.tensor([0.05, 0.5]))
+    assert omega.shape == (2, 8, 2) and torch.isfinite(omega).all() and float(omega.min()) >= 0
+
+    def run(cache_kwargs):
+        s = DiffusionSampler(m, sample_batch_size=3, progress=False, use_cache=cache_kwargs is not None,
+                             cache_kwargs=cache_kwargs)
+        return s.sample(3, 8, seed=0)
+
+    torch.testing.assert_close(run({"R": 1, "mode": mode}), run(None), rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(run({"tau_0": 0.5, "R": 4, "mode": mode})).all()

@@ -91,6 +91,11 @@ class CachePolicy:
 
     def __init__(self) -> None:
         self._stats = CacheStats()
+        #: set by the sampler before each chunk's ``start``: a seed derived from the sampler's seed and the
+        #: chunk, for the policy's own random draws (None outside a sampler)
+        self.run_seed: int | None = None
+        #: the sampler's solver name, set by the sampler before ``start`` (None outside a sampler)
+        self.solver: str | None = None
 
     def start(self, denoiser: Any, num_steps: int, batch_size: int) -> None:
         """Reset state before a sampling run of ``num_steps`` evaluations on ``batch_size`` samples."""

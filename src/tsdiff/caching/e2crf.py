@@ -65,6 +65,8 @@ class E2CRFCache(CachePolicy):
                 policy.mode = mode
         self.tau_0, self.R = tau_0, int(R)  # the setting ("auto" is resolved per model by the running policy)
         self.active: E2CRFPolicy | None = None
+        self.run_seed: int | None = None
+        self.solver: str | None = None
 
     def choose(self, spec: Any, batch_size: int) -> E2CRFPolicy:
         """The policy that runs on ``spec``'s model for chunks of ``batch_size`` samples."""
@@ -74,11 +76,13 @@ class E2CRFCache(CachePolicy):
             return self.token  # without token blocks its start() raises a clear error
         if self.mode == "step" or self.selection == "fixed" or not tokens:
             return self.step
-        long_enough = iface.length >= AUTO_TOKEN_MIN_LEN and batch_size >= AUTO_TOKEN_MIN_BATCH
+        n_tokens = int(getattr(iface.tokens, "num_tokens", iface.length))  # patches: tokens, not positions
+        long_enough = n_tokens >= AUTO_TOKEN_MIN_LEN and batch_size >= AUTO_TOKEN_MIN_BATCH
         return self.token if long_enough else self.step
 
     def start(self, denoiser: Any, num_steps: int, batch_size: int) -> None:
         self.active = self.choose(denoiser, batch_size)
+        self.active.run_seed, self.active.solver = getattr(self, "run_seed", None), getattr(self, "solver", None)
         self.active.start(denoiser, num_steps, batch_size)
 
     def __call__(self, denoise, x, t, cond, step):

@@ -28,21 +28,32 @@ class E2CRFPolicy(CachePolicy):
 
     Args:
         tau_0: threshold on the predicted deviation a reuse pushes into the sample, in units of its rms
-            (>= 0; 0 recomputes everything; larger = more reuse). ``"auto"`` (default): 0.1 for
-            frequency-domain models, 0.01 for time-domain ones (:func:`~tsdiff.caching.pricing.resolve_tau_0`).
+            (>= 0; 0 recomputes everything; larger = more reuse). ``"auto"`` (default): 0.02 for
+            frequency-domain models (0.01 under a deterministic solver), 0.01 for time-domain ones
+            (:func:`~tsdiff.caching.pricing.resolve_tau_0`).
         R: a full refresh (with error-feedback measurement) every ``R`` evaluations (integer >= 1).
         event_trigger, error_feedback, energy_weighting: switch the three mechanisms off (ablations).
         batch_sync: decide for the whole chunk instead of per sample (faster on small networks; makes a
             sample's schedule depend on its neighbours, never its data).
-        seed: seed of the policy's own random draws (probes, random selection).
+        seed: seed of the policy's own random draws (probes, random selection), mixed with the sampler's
+            run seed (:attr:`CachePolicy.run_seed`, one per chunk) so that chunks draw different probes.
+        forecast: what a reused residual is on a partial step: ``"hold"`` (zero-order hold, the last
+            computed value) or ``"linear"`` (first-order finite-difference extrapolation in diffusion time
+            from a token's last two computed values, TaylorSeer order 1; held until two exist).
     """
+
+    FORECASTS = ("hold", "linear")
 
     name = "e2crf"
     #: the ``selection`` strategies a subclass implements
     SELECTIONS: tuple[str, ...] = ("event",)
 
     def __init__(self, tau_0: float | str = "auto", R: int = 10, *, event_trigger: bool = True, error_feedback: bool = True,
-                 energy_weighting: bool = True, selection: str = "event", batch_sync: bool = False, seed: int = 0):
+                 energy_weighting: bool = True, selection: str = "event", batch_sync: bool = False, seed: int = 0,
+                 forecast: str = "hold"):
+        if forecast not in self.FORECASTS:
+            raise ValueError(f"cache.forecast (alias cache_kwargs.forecast) must be one of {', '.join(self.FORECASTS)}, got {forecast!r}")
+        self.forecast = forecast
         self.tau_0_setting = tau_0
         self.tau_0 = resolve_tau_0(tau_0, None)  # "auto" is resolved again in start(), once the model is known
         check_number("R", R, 1, None, integer=True)
@@ -57,6 +68,8 @@ class E2CRFPolicy(CachePolicy):
         self.selection, self.batch_sync = selection, batch_sync
         self.mode = "auto"  # what the user asked for (reported); E2CRFCache sets it
         self._stats = CacheStats()
+        self.run_seed: int | None = None
+        self.solver: str | None = None
         self._reset_state()
 
     # ------------------------------------------------------------------ lifecycle
@@ -77,14 +90,16 @@ class E2CRFPolicy(CachePolicy):
         self._iface = model_cache_interface(denoiser)
         self._path = self._choose_path(self._iface)
         iface = self._iface
-        self.tau_0 = resolve_tau_0(self.tau_0_setting, iface.frequency_domain if iface is not None else None)
+        self.tau_0 = resolve_tau_0(self.tau_0_setting, iface.frequency_domain if iface is not None else None, self.solver)
         self.pricer = ReusePricer(
             schedule=denoiser.schedule, parameterization=denoiser.parameterization,
             output_sensitivity=iface.output_sensitivity if iface is not None else None,
             data_std=iface.data_std if iface is not None else None,
             per_sample=self._path in ("output", "network-output"), energy_weighting=self.energy_weighting,
+            patch=getattr(iface.tokens, "patch_size", 1) if iface is not None and iface.tokens is not None else 1,
         )
-        self._stats.extra.update(path=self._path, mode=self.mode, selection=self.selection, tau_0=self.tau_0)
+        self._stats.extra.update(path=self._path, mode=self.mode, selection=self.selection, tau_0=self.tau_0,
+                                 forecast=self.forecast)
         if iface is not None and self.selection == "event":
             warn_time_domain_once(iface.frequency_domain, self.tau_0)
 
@@ -150,8 +165,30 @@ class E2CRFPolicy(CachePolicy):
     # ------------------------------------------------------------------ helpers
     def _generator(self, device: torch.device) -> torch.Generator:
         if self._gen is None:
-            self._gen = torch.Generator(device=device).manual_seed(self.seed)
+            seed = self.seed if self.run_seed is None else (self.seed * 0x9E3779B1 + int(self.run_seed)) % (2**63)
+            self._gen = torch.Generator(device=device).manual_seed(seed)
         return self._gen
+
+    @staticmethod
+    def forecast_ratio(t: torch.Tensor, t_ref: torch.Tensor, t_prev: torch.Tensor) -> torch.Tensor:
+        """How far a linear forecast from values at ``t_prev`` and ``t_ref`` reaches at ``t``, in units of
+        their interval: ``(t - t_ref) / (t_ref - t_prev)``, clipped to [0, 2] (a forecast further than two
+        of its own intervals is not trusted); 0 where there is no previous value (``t_prev`` NaN)."""
+        ratio = (t - t_ref) / (t_ref - t_prev)
+        return torch.nan_to_num(ratio, nan=0.0, posinf=0.0, neginf=0.0).clamp(0.0, 2.0)
+
+    @classmethod
+    def extrapolate(cls, d: torch.Tensor, d_prev: torch.Tensor | None, t: torch.Tensor, t_ref: torch.Tensor,
+                    t_prev: torch.Tensor) -> torch.Tensor:
+        """First-order (TaylorSeer-style finite-difference) forecast of a residual ``d`` computed at times
+        ``t_ref`` from the one before it (``d_prev`` at ``t_prev``) to time ``t``: ``d + (d - d_prev) r``
+        with ``r`` from :meth:`forecast_ratio`; times broadcast against ``d``'s leading dims."""
+        if d_prev is None:
+            return d
+        ratio = cls.forecast_ratio(t, t_ref, t_prev)
+        while ratio.dim() < d.dim():
+            ratio = ratio.unsqueeze(-1)
+        return d + (d - d_prev) * ratio.to(d.dtype)
 
     def _is_refresh(self, step: int) -> bool:
         """Full evaluations: every ``R``-th, plus the second one, which calibrates the sensitivity."""

@@ -32,17 +32,26 @@ EPS = 1e-8
 _TIME_DOMAIN_WARNED = False
 
 #: ``tau_0="auto"`` (the default): the threshold measured for each kind of coordinates (docs/e2crf.md). The
-#: pricing assumes decorrelated coordinates, which whitened frequency components are; time-domain values are
-#: strongly correlated, so the same predicted deviation costs the sample about ten times more there.
-TAU_0_FREQUENCY = 0.1
+#: frequency value keeps the relative L2 to uncached samples near 0.1 or below at >= 3x (batch 64, 100 steps)
+#: on the L = 96 stocks and L = 187 beats models (0.1 gave 5x at rel. L2 0.2). The pricing assumes decorrelated
+#: coordinates, which whitened frequency components are; time-domain values are strongly correlated, so the
+#: same predicted deviation costs the sample more there.
+TAU_0_FREQUENCY = 0.02
 TAU_0_TIME = 0.01
+#: with deterministic solvers a reuse competes with fewer steps of a second-order method (DPM-Solver++), whose
+#: error falls faster: the measured winning threshold is lower (docs/e2crf.md, "Against fewer steps")
+TAU_0_DETERMINISTIC = 0.01
+DETERMINISTIC_SOLVERS = frozenset({"ddim", "dpm_solver++", "dpmpp", "pf_ode"})
 
 
-def resolve_tau_0(tau_0: Any, frequency_domain: bool | None) -> float:
+def resolve_tau_0(tau_0: Any, frequency_domain: bool | None, solver: str | None = None) -> float:
     """``tau_0`` as a number: ``"auto"``/``None`` -> :data:`TAU_0_FREQUENCY` for frequency-domain models (and
-    models that declare no domain), :data:`TAU_0_TIME` for time-domain ones; a number is checked and kept."""
+    models that declare no domain; :data:`TAU_0_DETERMINISTIC` under a deterministic ``solver``),
+    :data:`TAU_0_TIME` for time-domain ones; a number is checked and kept."""
     if tau_0 is None or tau_0 == "auto":
-        return TAU_0_TIME if frequency_domain is False else TAU_0_FREQUENCY
+        if frequency_domain is False:
+            return TAU_0_TIME
+        return TAU_0_DETERMINISTIC if solver in DETERMINISTIC_SOLVERS else TAU_0_FREQUENCY
     check_number("tau_0", tau_0, 0.0, None)
     return float(tau_0)
 
@@ -91,10 +100,13 @@ class ReusePricer:
         data_std: per-component data std ``(L, C)`` or None (energy from the current input).
         per_sample: price whole samples (``(B, ...) -> (B,)``) instead of tokens (``(B, L, C) -> (B, L)``).
         energy_weighting: ``False`` gives ``w_i = 1`` (the ablation).
+        patch: positions per token (a patched transformer): per-position quantities are pooled over each
+            token's positions (mean square; the zero padding of the last patch is not counted).
     """
 
     def __init__(self, *, schedule: Any, parameterization: str, output_sensitivity: Callable[..., torch.Tensor] | None,
-                 data_std: torch.Tensor | None, per_sample: bool, energy_weighting: bool):
+                 data_std: torch.Tensor | None, per_sample: bool, energy_weighting: bool, patch: int = 1):
+        self.patch = int(patch)
         self.schedule, self.parameterization = schedule, parameterization
         self.output_sensitivity, self.data_std = output_sensitivity, data_std
         self.per_sample, self.energy_weighting = per_sample, energy_weighting
@@ -119,17 +131,28 @@ class ReusePricer:
     def rms(v: torch.Tensor) -> torch.Tensor:
         return v.pow(2).mean(1).sqrt()
 
+    def token_mean(self, v: torch.Tensor) -> torch.Tensor:
+        """Per-position values ``(B, L)`` averaged over each token's positions -> ``(B, tokens)``."""
+        p = self.patch
+        if p == 1:
+            return v
+        length = v.shape[1]
+        n_tok = -(-length // p)
+        total = torch.nn.functional.pad(v, (0, n_tok * p - length)).view(v.shape[0], n_tok, p).sum(-1)
+        count = torch.full((n_tok,), float(p), device=v.device, dtype=v.dtype)
+        count[-1] = length - (n_tok - 1) * p
+        return total / count
     def energy_weights(self, y: torch.Tensor) -> torch.Tensor:
         """``w_i = clip(sqrt(mean_j E_j / E_i), 1/16, 16)``, shape ``(1 or B, L)``; ``E_i`` is the token's
         mean square data std (the current input's when there is none). Converts a deviation in units of
         the token's own data std into units of the sample's rms: energetic tokens get lower thresholds."""
         length = y.shape[1]
         if not self.energy_weighting:
-            return torch.ones(1, length, device=y.device)
-        if self._weights is None or self._weights.shape[-1] != length:
+            return torch.ones(1, -(-length // self.patch), device=y.device)
+        if self._weights is None or self._weights.shape[-1] != -(-length // self.patch):
             std = self.data_std
             fixed = std is not None and std.shape[0] == length
-            energy = std.pow(2).mean(-1)[None].to(y.device, torch.float32) if fixed else y.pow(2).mean(-1)
+            energy = self.token_mean(std.pow(2).mean(-1)[None].to(y.device, torch.float32) if fixed else y.pow(2).mean(-1))
             w = (energy.mean(1, keepdim=True) / (energy + EPS)).sqrt().clamp(1.0 / 16.0, 16.0)
             if not fixed:
                 return w  # follows the current input: not cached
@@ -165,7 +188,7 @@ class ReusePricer:
         w = sens * f
         if self.per_sample:
             return w.flatten(1).pow(2).mean(1).sqrt()
-        return w.pow(2).mean(-1).sqrt()
+        return self.token_mean(w.pow(2).mean(-1)).sqrt()
 
     def harm(self, u: torch.Tensor) -> torch.Tensor:
         """Predicted deviation ``g`` one more reuse adds, from the relative input change ``u`` ((B, L) or (B,))."""

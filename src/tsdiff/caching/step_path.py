@@ -37,6 +37,9 @@ class StepE2CRF(E2CRFPolicy):
         super()._reset_state()
         self._h0_ref: torch.Tensor | None = None  # (B, L, d) input embedding at the last recompute
         self._D: torch.Tensor | None = None  # (B, L, d) whole-network residual (token networks)
+        self._D_prev: torch.Tensor | None = None  # forecast="linear": the residual computed before _D
+        self._t_ref: torch.Tensor | None = None  # (B,) network time of _D / of _D_prev (NaN: none yet)
+        self._t_prev: torch.Tensor | None = None
         self._out_ref: torch.Tensor | None = None  # output paths: last computed output
         self._x_ref: torch.Tensor | None = None  # output paths: its input
 
@@ -46,7 +49,35 @@ class StepE2CRF(E2CRFPolicy):
         return "step" if iface.tokens is not None else "network-output"
 
     def _cached_tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self._h0_ref, self._D, self._out_ref, self._x_ref) if t is not None]
+        return [t for t in (self._h0_ref, self._D, self._D_prev, self._out_ref, self._x_ref) if t is not None]
+
+    def _store(self, rows: torch.Tensor | None, d: torch.Tensor, h0: torch.Tensor, t: torch.Tensor) -> None:
+        """Keep freshly computed residuals ``d`` (input embedding ``h0``, network time ``t``) of batch rows
+        ``rows`` (all when None); with ``forecast="linear"`` the previous ones move to ``_D_prev``."""
+        if self._D is None:
+            self._D, self._h0_ref, self._t_ref = d, h0.clone(), t.clone()
+            self._t_prev = torch.full_like(t, float("nan"))
+            return
+        linear = self.forecast == "linear"
+        if rows is None:
+            if linear:
+                self._D_prev, self._t_prev = self._D, self._t_ref
+            self._D, self._h0_ref, self._t_ref = d, h0.clone(), t.clone()
+            return
+        if linear:
+            if self._D_prev is None:
+                self._D_prev = self._D.clone()
+            self._D_prev.index_copy_(0, rows, self._D.index_select(0, rows))
+            self._t_prev = self._t_prev.index_copy(0, rows, self._t_ref.index_select(0, rows))
+        self._D.index_copy_(0, rows, d)
+        self._h0_ref.index_copy_(0, rows, h0)
+        self._t_ref = self._t_ref.index_copy(0, rows, t)
+
+    def _reused(self, t: torch.Tensor) -> torch.Tensor:
+        """The residual a reuse adds at network time ``t``: held, or forecast from the last two."""
+        if self.forecast == "hold":
+            return self._D
+        return self.extrapolate(self._D, self._D_prev, t, self._t_ref, self._t_prev)
 
     # ------------------------------------------------------------------ token networks: whole residual
     def _network(self, y: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
@@ -55,6 +86,7 @@ class StepE2CRF(E2CRFPolicy):
         net, step, pricer = self._iface.tokens, self._step, self.pricer
         h0 = net.embed_tokens(y, tt)
         batch, length, _ = h0.shape
+        tb = tt.reshape(-1).expand(batch).to(torch.float32)
         n_layers = len(net.layers)
         if self._D is None or self._is_refresh(step):
             h = self._forward_layers(h0)
@@ -63,9 +95,8 @@ class StepE2CRF(E2CRFPolicy):
                 pricer.kappa = torch.ones(batch, device=h0.device)
             elif self._adapt(step):
                 u = pricer.intensity(h0, self._h0_ref)
-                pricer.measure(u, net.readout(h0 + self._D), out, calibrate=step == 1)
-            self._D = h - h0
-            self._h0_ref = h0.clone()
+                pricer.measure(u, net.readout(h0 + self._reused(tb)), out, calibrate=step == 1)
+            self._store(None, h - h0, h0, tb)
             pricer.F_ref = out
             self._acc = torch.zeros(batch, device=h0.device)
             self._count(full=True, layers=n_layers, length=length, batch=batch, computed=batch * length)
@@ -80,7 +111,7 @@ class StepE2CRF(E2CRFPolicy):
             need = need.expand(batch) if need.dim() == 0 else need
             n_need = int(need.sum())  # the one host sync per step
         # the reused output, for the samples that are not recomputed (skipped when all are)
-        out = net.readout(h0 + self._D) if n_need < batch else None
+        out = net.readout(h0 + self._reused(tb)) if n_need < batch else None
         if n_need:
             rows = None if n_need == batch else need.nonzero().squeeze(1)
             h0r = h0 if rows is None else h0.index_select(0, rows)
@@ -88,12 +119,9 @@ class StepE2CRF(E2CRFPolicy):
             fresh = net.readout(h)
             if rows is None:
                 out = fresh
-                self._D = h - h0
-                self._h0_ref = h0.clone()
             else:
                 out.index_copy_(0, rows, fresh)
-                self._D.index_copy_(0, rows, h - h0r)
-                self._h0_ref.index_copy_(0, rows, h0r)
+            self._store(rows, h - h0r, h0r, tb if rows is None else tb.index_select(0, rows))
         if g is not None:
             self._acc = torch.where(need, torch.zeros_like(g), self._acc + g)
         pricer.F_ref = out

@@ -5,11 +5,13 @@ the token's last recompute and its cumulative residual ``D_l[i] = layer_l(h)[i] 
 step the input embedding is computed for every token; in every layer the selected tokens are gathered
 and only for them are queries, keys, values, attention against *all* keys (fresh for selected tokens,
 cached for the rest), and the layer's residual composition (:meth:`TokenLayer.compose`, the same function
-the plain forward uses) computed; the others advance by their cached ``D_l``. The read-out runs on all
-tokens. Selected: the ``K`` lowest frequencies (frequency domain only), random probes, and tokens whose
-priced intensity passes ``tau_0`` (:mod:`tsdiff.caching.pricing`); a sample selecting too much is
-computed in full. Every decision is per sample: padding slots are computed and discarded, so a sample's
-result does not depend on its batch neighbours. Measurements: ``docs/e2crf.md``.
+the plain forward uses) computed; the others advance by their cached ``D_l`` (held, or forecast with
+``forecast="linear"``). The read-out runs on all tokens. Tokens may be patches of positions (a patched
+transformer). Selected: the ``K`` lowest frequencies (frequency domain only), random probes, and tokens
+whose priced intensity passes ``tau_0`` (:mod:`tsdiff.caching.pricing`); a sample selecting too much is
+computed in full. Every decision is per sample and the selected tokens of all samples are computed as one
+flat list (no padding), so a sample's result does not depend on its batch neighbours. Measurements:
+``docs/e2crf.md``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from tsdiff.caching.pricing import check_number
 
 @dataclass
 class LayerCache:
-    k: torch.Tensor  # (B, H, L, d_head) keys from the layer input at each token's last recompute
-    v: torch.Tensor  # (B, H, L, d_head)
+    k: torch.Tensor  # (B, L, d_model) keys (heads side by side) from the layer input at each token's last recompute
+    v: torch.Tensor  # (B, L, d_model)
     d: torch.Tensor  # (B, L, d_model) the layer's residual contribution  layer(h) - h
+    d_prev: torch.Tensor | None = None  # forecast="linear": each token's residual computed before ``d``
 
 
 class TokenE2CRF(E2CRFPolicy):
@@ -69,6 +72,8 @@ class TokenE2CRF(E2CRFPolicy):
         self._h0_ref: torch.Tensor | None = None  # (B, L, d) layer-0 input at each token's last recompute
         self._forced: torch.Tensor | None = None
         self._selected: torch.Tensor | None = None
+        self._t_ref: torch.Tensor | None = None  # (B, L) network time of each token's last recompute
+        self._t_prev: torch.Tensor | None = None  # (B, L) ... of the one before (NaN: none yet)
 
     def _choose_path(self, iface: CacheInterface | None) -> str:
         if iface is None or iface.tokens is None:
@@ -82,7 +87,7 @@ class TokenE2CRF(E2CRFPolicy):
         return "token"
 
     def _cached_tensors(self) -> list[torch.Tensor]:
-        tensors = [t for lc in self._layers or [] for t in (lc.k, lc.v, lc.d)]
+        tensors = [t for lc in self._layers or [] for t in (lc.k, lc.v, lc.d, lc.d_prev) if t is not None]
         return tensors + ([self._h0_ref] if self._h0_ref is not None else [])
 
     def _finish_extra(self, stats) -> None:
@@ -103,17 +108,20 @@ class TokenE2CRF(E2CRFPolicy):
         self._h0_ref = h0.clone()
         return self._net.readout(h)
 
-    def partial_forward(self, y: torch.Tensor, t: torch.Tensor, selected: torch.Tensor, n: int | None = None) -> torch.Tensor:
-        """Forward recomputing only tokens ``selected`` ``(B, L)`` (``n`` gathered per sample; default the
-        largest selection), reusing the cached keys/residuals of the others."""
+    def partial_forward(self, y: torch.Tensor, t: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """Forward recomputing only tokens ``selected`` ``(B, L)``, reusing the cached keys/residuals of
+        the others."""
         h0 = self._net.embed_tokens(y, t)
-        return self._partial_rows(h0, selected, None, int(selected.sum(1).max()) if n is None else n)
+        return self._partial_rows(h0, selected, None)[0]
 
     # ------------------------------------------------------------------ full forward (stores caches)
-    def _full_rows(self, h0: torch.Tensor, rows: torch.Tensor | None, measure: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _full_rows(self, h0: torch.Tensor, rows: torch.Tensor | None, measure: bool,
+                   ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Full forward of batch rows ``rows`` (all when None) from their input tokens ``h0``; stores K/V
         and residuals of every token of those rows. Returns the last hidden state and, when ``measure``,
-        the hidden state a reuse of the cached residuals would have produced (before overwriting)."""
+        the hidden state a reuse of the cached residuals (forecast with ``ratio`` when given) would have
+        produced (before overwriting)."""
+        linear = self.forecast == "linear"
         acc = torch.zeros_like(h0) if measure else None
         h = h0
         new_layers: list[LayerCache] = []
@@ -124,19 +132,51 @@ class TokenE2CRF(E2CRFPolicy):
             if self._layers is not None:
                 lc = self._layers[i]
                 if measure:
-                    acc += lc.d if rows is None else lc.d.index_select(0, rows)
+                    acc += self._forecast(lc, ratio) if rows is None else lc.d.index_select(0, rows)
+                if linear:
+                    if lc.d_prev is None or rows is None:
+                        lc.d_prev = lc.d.clone()
+                    else:
+                        lc.d_prev.index_copy_(0, rows, lc.d.index_select(0, rows))
                 if rows is None:
-                    lc.k, lc.v, lc.d = k.contiguous(), v.contiguous(), d
+                    lc.k, lc.v, lc.d = _merge_heads(k), _merge_heads(v), d
                 else:
-                    lc.k.index_copy_(0, rows, k.contiguous())
-                    lc.v.index_copy_(0, rows, v.contiguous())
+                    lc.k.index_copy_(0, rows, _merge_heads(k))
+                    lc.v.index_copy_(0, rows, _merge_heads(v))
                     lc.d.index_copy_(0, rows, d)
             else:
-                new_layers.append(LayerCache(k.contiguous(), v.contiguous(), d))
+                new_layers.append(LayerCache(_merge_heads(k), _merge_heads(v), d))
             h = out
         if self._layers is None:
             self._layers = new_layers
         return h, (h0 + acc if measure else None)
+
+    # ------------------------------------------------------------------ forecasting reused residuals
+    @staticmethod
+    def _forecast(lc: LayerCache, ratio: torch.Tensor | None) -> torch.Tensor:
+        """A layer's residuals as a reuse sees them: held, or extrapolated by ``ratio`` ``(B, L)``."""
+        if ratio is None or lc.d_prev is None:
+            return lc.d
+        return lc.d + (lc.d - lc.d_prev) * ratio.unsqueeze(-1)
+
+    def _ratio(self, t: torch.Tensor, batch: int, length: int) -> torch.Tensor | None:
+        """Per token, how far (in units of its last interval) a linear forecast reaches at time ``t``."""
+        if self.forecast == "hold" or self._t_ref is None:
+            return None
+        return self.forecast_ratio(t.reshape(-1).expand(batch)[:, None].to(torch.float32), self._t_ref, self._t_prev)
+
+    def _times(self, fresh: torch.Tensor | None, t: torch.Tensor, batch: int, length: int) -> None:
+        """Tokens ``fresh`` ``(B, L)`` (all when None) were recomputed at time ``t``: shift their times."""
+        if self.forecast == "hold":
+            return
+        tb = t.reshape(-1).expand(batch)[:, None].to(torch.float32).expand(batch, length)
+        if self._t_ref is None:
+            self._t_ref, self._t_prev = tb.clone(), torch.full_like(tb, float("nan"))
+        elif fresh is None:
+            self._t_prev, self._t_ref = self._t_ref, tb.clone()
+        else:
+            self._t_prev = torch.where(fresh, self._t_ref, self._t_prev)
+            self._t_ref = torch.where(fresh, tb, self._t_ref)
 
     # ------------------------------------------------------------------ one evaluation
     def _network(self, y: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
@@ -145,10 +185,12 @@ class TokenE2CRF(E2CRFPolicy):
         batch, length, _ = h0.shape
         n_layers = len(net.layers)
         first = self._layers is None
+        ratio = self._ratio(tt, batch, length)
         if first or self._is_refresh(step):
             measure = (not first) and self._adapt(step)
             u = pricer.intensity(h0, self._h0_ref) if measure else None
-            h, h_reuse = self._full_rows(h0, None, measure)
+            h, h_reuse = self._full_rows(h0, None, measure, ratio)
+            self._times(None, tt, batch, length)
             out = net.readout(h)
             if first:
                 pricer.mult = torch.ones(batch, length, device=h0.device)
@@ -163,11 +205,8 @@ class TokenE2CRF(E2CRFPolicy):
             return out
 
         sel, full, g = self._select(y, h0)
-        counts = sel.sum(1)
-        n_full_t = full.sum()
-        n_max_t = counts.masked_fill(full, 0).max()
-        n_full, n_max = (int(v) for v in torch.stack([n_full_t, n_max_t]).tolist())  # the one host sync per step
-        out = torch.empty(batch, length, y.shape[-1], device=y.device, dtype=y.dtype)
+        n_full = int(full.sum())  # host sync (and two more in _partial_rows to size the gathered rows)
+        out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
         computed = 0
         extra = self._stats.extra
         if n_full:
@@ -181,18 +220,21 @@ class TokenE2CRF(E2CRFPolicy):
                 self._h0_ref.index_copy_(0, rows, h0.index_select(0, rows))
                 out.index_copy_(0, rows, net.readout(h))
             computed += n_full * length
+            if ratio is not None:
+                ratio = ratio.masked_fill(full[:, None], 0.0)
             extra["sample_full_recomputes"] = extra.get("sample_full_recomputes", 0) + n_full
         if n_full < batch:
             rows = None if n_full == 0 else (~full).nonzero().squeeze(1)
-            n = max(n_max, 1)
-            res = self._partial_rows(h0, sel, rows, n)
+            pick = (lambda v: v) if rows is None else (lambda v: v.index_select(0, rows))
+            res, n_computed = self._partial_rows(pick(h0), pick(sel), rows, ratio)
             if rows is None:
                 out = res
             else:
                 out.index_copy_(0, rows, res)
-            computed += (batch - n_full) * n
+            computed += n_computed
+        fresh = sel | full[:, None]
+        self._times(fresh, tt, batch, length)
         if g is not None:
-            fresh = sel | full[:, None]
             self._acc = torch.where(fresh, torch.zeros_like(g), self._acc + g)
         pricer.F_ref = out
         self._count(full=n_full == batch, layers=n_layers, length=length, batch=batch, computed=computed)
@@ -208,7 +250,11 @@ class TokenE2CRF(E2CRFPolicy):
             if k:
                 from tsdiff.diffusion.fourier import frequency_index
 
-                order = torch.sort(frequency_index(length), stable=True).indices[:k]
+                # a patch token's frequency is its lowest component's (positions are padded at the end)
+                p = self.pricer.patch if self.pricer is not None else 1
+                freq = frequency_index(self._iface.length).float()
+                freq = torch.nn.functional.pad(freq, (0, length * p - freq.numel()), value=float("inf"))
+                order = torch.sort(freq.view(length, p).amin(1), stable=True).indices[:k]
                 forced[order.to(device)] = True
             self._forced = forced
             self._stats.extra["K_effective"] = int(k)
@@ -246,47 +292,62 @@ class TokenE2CRF(E2CRFPolicy):
             full = full.any().expand(batch)
         return sel, full, g
 
-    def _partial_rows(self, h0: torch.Tensor, sel: torch.Tensor, rows: torch.Tensor | None, n: int) -> torch.Tensor:
-        """Recompute the selected tokens of batch rows ``rows`` (all when None) in every layer, against
-        all keys; reuse cached residuals/keys of the others. ``n`` tokens are gathered per sample
-        (selected ones first; padding slots are computed but their results are discarded)."""
+    def _partial_rows(self, h0: torch.Tensor, sel: torch.Tensor, rows: torch.Tensor | None,
+                      ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """Recompute the selected tokens ``sel`` ``(b, L)`` of batch rows ``rows`` (all when None; ``h0``
+        and ``sel`` hold those rows) in every layer, against all keys; the others advance by their cached
+        residuals (forecast by ``ratio`` ``(B, L)`` when given). Returns the output and the number of
+        recomputed token slots.
+
+        Cost: the selected tokens of all samples are one flat list (no padding to the largest selection)
+        for the projections and the feed-forward, and caches are read and written through flat row
+        indices (``index_select`` / ``index_copy_``) instead of expanded-index gathers. Only the queries
+        are padded per sample for the attention call (zero queries, discarded)."""
         net = self._net
-        if rows is not None:
-            h0 = h0.index_select(0, rows)
-            sel = sel.index_select(0, rows)
         b, length, dm = h0.shape
-        prio = sel.to(h0.dtype) + torch.arange(length, 0, -1, device=h0.device, dtype=h0.dtype) / (2.0 * length)
-        idx = prio.topk(n, dim=1, sorted=False).indices  # (b, n) selected first, then padding
-        valid = sel.gather(1, idx)  # (b, n)
-        # selected (not padding) token slots, summed on the device; read once in finish()
-        self._selected = valid.sum() * len(net.layers) + (self._selected if self._selected is not None else 0)
-        idx_d = idx.unsqueeze(-1).expand(b, n, dm)
+        batch = self._layers[0].d.shape[0]
+        if ratio is not None:
+            ratio = ratio if rows is None else ratio.index_select(0, rows)
+            ratio = ratio.masked_fill(sel, 0.0).unsqueeze(-1)  # recomputed tokens use their fresh residual
+        nz = sel.nonzero()  # (N, 2): sample, token
+        n_sel = nz.shape[0]
+        n_max = max(int(sel.sum(1).max()), 1)
+        local = nz[:, 0] * length + nz[:, 1]  # rows of h.view(b * L, d)
+        glob = local if rows is None else rows.index_select(0, nz[:, 0]) * length + nz[:, 1]  # rows of the caches
+        slot = (sel.cumsum(1) - 1)[nz[:, 0], nz[:, 1]]
+        padded = nz[:, 0] * n_max + slot  # rows of the per-sample padded query block (b * n_max, d)
+        self._selected = n_sel * len(net.layers) + (self._selected or 0)
+        pick = (lambda v: v) if rows is None else (lambda v: v.index_select(0, rows))
         h = h0
-        for i, layer in enumerate(net.layers):
-            lc = self._layers[i]
-            kc = lc.k if rows is None else lc.k.index_select(0, rows)
-            vc = lc.v if rows is None else lc.v.index_select(0, rows)
-            dc = lc.d if rows is None else lc.d.index_select(0, rows)
-            hs = h.gather(1, idx_d)
-            q, k, v = layer.project_qkv(hs)
-            heads, dh = k.shape[1], k.shape[3]
-            idx_h = idx[:, None, :, None].expand(b, heads, n, dh)
-            valid_h = valid[:, None, :, None]
-            k = torch.where(valid_h, k, kc.gather(2, idx_h))
-            v = torch.where(valid_h, v, vc.gather(2, idx_h))
-            kc.scatter_(2, idx_h, k)
-            vc.scatter_(2, idx_h, v)
-            out = layer.compose(hs, layer.attend(q, kc, vc))
-            d_new = torch.where(valid.unsqueeze(-1), out - hs, dc.gather(1, idx_d))
-            dc.scatter_(1, idx_d, d_new)
-            if rows is not None:
-                lc.k.index_copy_(0, rows, kc)
-                lc.v.index_copy_(0, rows, vc)
-                lc.d.index_copy_(0, rows, dc)
-            h = h + dc
+        for lc, layer in zip(self._layers, net.layers):
+            hs = h.reshape(b * length, dm).index_select(0, local)  # (N, d)
+            q, k, v = layer.project_qkv(hs[None])  # (1, H, N, d_head)
+            heads = q.shape[1]
+            lc.k.view(batch * length, dm).index_copy_(0, glob, _merge_heads(k)[0])
+            lc.v.view(batch * length, dm).index_copy_(0, glob, _merge_heads(v)[0])
+            q_pad = h0.new_zeros(b * n_max, dm).index_copy_(0, padded, _merge_heads(q)[0])
+            attn = layer.attend(_split_heads(q_pad.view(b, n_max, dm), heads), _split_heads(pick(lc.k), heads),
+                                _split_heads(pick(lc.v), heads))
+            attn = attn.reshape(b * n_max, dm).index_select(0, padded)
+            d_new = layer.compose(hs[None], attn[None])[0] - hs
+            d_flat = lc.d.view(batch * length, dm)
+            if lc.d_prev is not None:
+                lc.d_prev.view(batch * length, dm).index_copy_(0, glob, d_flat.index_select(0, glob))
+            d_flat.index_copy_(0, glob, d_new)
+            dc = pick(lc.d)
+            h = h + (dc if ratio is None or lc.d_prev is None else dc + (dc - pick(lc.d_prev)) * ratio)
         # the recomputed tokens' reference input is now the current one
-        ref = self._h0_ref if rows is None else self._h0_ref.index_select(0, rows)
-        ref.scatter_(1, idx_d, torch.where(valid.unsqueeze(-1), h0.gather(1, idx_d), ref.gather(1, idx_d)))
-        if rows is not None:
-            self._h0_ref.index_copy_(0, rows, ref)
-        return net.readout(h)
+        self._h0_ref.view(batch * length, dm).index_copy_(0, glob, h0.reshape(b * length, dm).index_select(0, local))
+        return net.readout(h), n_sel
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``(b, H, n, d_head) -> (b, n, H * d_head)`` (the cache layout: one row per token)."""
+    b, heads, n, dh = x.shape
+    return x.transpose(1, 2).reshape(b, n, heads * dh)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(b, n, H * d_head) -> (b, H, n, d_head)`` (a view)."""
+    b, n, dm = x.shape
+    return x.view(b, n, heads, dm // heads).transpose(1, 2)

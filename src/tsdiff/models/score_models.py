@@ -244,11 +244,10 @@ class ScoreModule(pl.LightningModule):
         """What a cache may use (:mod:`tsdiff.caching.interface`): the network and its token blocks
         (transformer only; other backbones get step-level reuse), and the pricing inputs.
 
-        Token blocks are declared only when a token is one position (or frequency component): E2-CRF
-        prices each token with the data std and output sensitivity of *its* component, which a patch of
-        several positions does not have (a patched backbone gets the whole-output step path)."""
+        A patched backbone's tokens are patches of positions; the cache prices each with the mean square
+        data std and output sensitivity of its positions (``tsdiff.caching.pricing``)."""
         net = self.score_network
-        tokens = as_token_network(net) if getattr(net, "patch_size", 1) == 1 else None
+        tokens = as_token_network(net)
         return CacheInterface(
             denoise_with=lambda x, t, cond, network: self.denoise(x, t, cond, network=network),
             network=net, length=self.sample_shape[0], tokens=tokens, data_std=self.data_std,

@@ -223,6 +223,9 @@ class DiffusionSampler:
                             (hi - lo, *shape), generator=gen, device=device
                         )
                     chunk_cond = _cond_to(_slice_cond(cond, lo, hi, num_samples), device)
+                    # the cache's own draws (E2-CRF probes) follow the sampler's seed, differently per chunk
+                    self.cache.run_seed = (gen.initial_seed() * 1_000_003 + c) % (2**63)
+                    self.cache.solver = self.solver_name
                     self.cache.start(self.spec, len(times), hi - lo)
                     pm = PredictionModel(self.spec, cond=chunk_cond, cache=self.cache, guidance=self.guidance)
 

@@ -8,6 +8,8 @@ Variants, all sampled from the same seed (same noise) at ``batch_size`` with ``n
   ``no_event`` -- without the event-driven trigger (only forced low-frequency tokens, probes, refreshes);
   ``no_feedback`` -- without error feedback (the sensitivities keep their first calibration);
   ``no_energy`` -- without the energy-weighted threshold (every token gets the same threshold ``tau_0``);
+  ``forecast`` -- an addition rather than an ablation: reused residuals extrapolated linearly from their
+  last two computed values (TaylorSeer order 1) instead of held;
 * ``naive`` -- naive fixed reuse: everything recomputed every ``R_naive`` steps and reused in between, with
   ``R_naive`` chosen so that it does the same number of effective network evaluations as ``e2crf``;
 * ``random`` -- the token path recomputing *random* tokens, with the budget chosen so that the fraction

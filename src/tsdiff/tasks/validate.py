@@ -128,6 +128,7 @@ _CACHE = {
     "cache_kwargs.random_probe_ratio": _float(0, 1, null=True),
     "cache_kwargs.mode": _choice(None, "auto", "token", "step"),
     "cache_kwargs.batch_sync": _bool(null=True),
+    "cache_kwargs.forecast": _choice(None, "hold", "linear"),
 }
 _TRAINER = {
     "trainer.max_epochs": _int(-1, null=True),
@@ -183,8 +184,8 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "num_threads": _int(1, null=True), "overwrite": _bool(), "device": _device, "set": _choice("model", "gaussian", "held_out"),
     },
     "benchmark_cache": {
-        **_SEED, **_SAMPLING, **_CACHE, "repeats": _int(1), "warmup": _int(0), "sweep_repeats": _int(1), "num_seeds": _int(1),
-        "batch_sizes": _ints(1), "fewer_steps": _ints(1),
+        **_SEED, **_SAMPLING, **_CACHE, "repeats": _int(1), "warmup": _int(0), "num_seeds": _int(1),
+        "batch_sizes": _ints(1), "context_fid.iterations": _int(1), "context_fid.runs": _int(0),
     },
     "ablation_cache": {**_SEED, **_SAMPLING, **_CACHE, "batch_size": _int(1), "repeats": _int(1), "warmup": _int(0)},
     "forecast": {
