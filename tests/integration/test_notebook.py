@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_cfg, train_tiny
+from test_cache_cmds import TINY_BENCH
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "results.ipynb"
@@ -25,8 +26,10 @@ TINY_FORECAST = ["datamodule=forecast_stocks", "datamodule.lookback=16", "datamo
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two score-model runs (time and frequency domain) sampled and judged, one evaluated, one ablation, one forecast."""
+    """Two score-model runs (time and frequency domain) sampled and judged, one evaluated, one cache benchmark and
+    ablation, one forecast."""
     from tsdiff.tasks.ablation_cache import run as ablation
+    from tsdiff.tasks.benchmark_cache import run as benchmark
     from tsdiff.tasks.evaluate import run as evaluate
     from tsdiff.tasks.forecast import run as forecast
     from tsdiff.tasks.sample import run as sample
@@ -42,6 +45,7 @@ def runs(tmp_path_factory):
     ablation(compose_cfg("ablation_cache", [f"runs_dir={runs}", f"model_id={time_run}", "num_samples=4",
                                             "num_diffusion_steps=4", "batch_size=4", "repeats=1", "warmup=0",
                                             "num_directions=20", "num_threads=1"]))
+    benchmark(compose_cfg("benchmark_cache", [f"runs_dir={runs}", f"model_id={time_run}", *TINY_BENCH]))
     forecast(compose_cfg("forecast", [*TINY_FORECAST, f"runs_dir={runs}", f"output_dir={runs / 'forecasts' / 'tiny'}"]))
     return runs, time_run, freq_run
 
@@ -62,7 +66,8 @@ def test_documented_html_export_executes_the_notebook_on_saved_runs(runs, tmp_pa
     assert "frequency" in html and re.search(r"\btime\b", html)  # the generation table names both domains
     assert "swd_vs_test" in html and "predictive" in html  # evaluate.py scores joined to the model row
     assert "-- ablation" in html and "no_feedback" in html  # the saved ablation is found and tabulated
+    assert "cache vs fewer steps (rel. L2 to uncached)" in html  # the benchmark's equal-time comparisons
     assert "seasonal_naive" in html and "crps" in html  # the forecast table with its baselines
-    # figures: series grid, spectra, embedding, Pareto curve (inline PNGs of the static page)
-    assert html.count("data:image/png;base64") >= 4
+    # figures: series grid, spectra, embedding, a Pareto plot per comparison (inline PNGs of the static page)
+    assert html.count("data:image/png;base64") >= 6
     assert list(runs_dir.glob("*/samples/*/samples_vs_real.png"))  # the figure is also saved beside the samples

@@ -10,7 +10,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from tsdiff.results import (  # noqa: E402
-    ResultFileError, find_results, forecast_table, generation_table, load_samples, pareto_points, stamp, write_result,
+    ResultFileError, benchmark_sections, find_results, forecast_table, generation_table, load_samples, pareto_points, stamp,
+    write_result,
 )
 from tsdiff.viz.generation import embedding_plot, pca_2d, series_grid, spectra_plot  # noqa: E402
 from tsdiff.viz.pareto import pareto_front, pareto_plot  # noqa: E402
@@ -59,9 +60,9 @@ def test_figures_refuse_sets_that_cannot_be_compared():
 
 def test_pareto_front_and_plot():
     assert pareto_front([(3, 1.0), (1, 3.0), (2, 2.0), (2.5, 2.5), (4, 1.0)]) == [(1, 3.0), (2, 2.0), (3, 1.0)]
-    rows = [{"group": "uncached", "time_per_sample_s": 1.0, "swd": 0.1},
-            {"group": "fewer-steps", "time_per_sample_s": 0.3, "swd": 0.3},
-            {"group": "fewer-steps", "time_per_sample_s": 0.5, "swd": 0.2}]
+    rows = [{"group": "uncached", "time_per_sample_s": 1.0, "rel_l2": 0.0},
+            {"group": "fewer-steps", "time_per_sample_s": 0.3, "rel_l2": 0.3},
+            {"group": "fewer-steps", "time_per_sample_s": 0.5, "rel_l2": 0.2}]
     fig = pareto_plot(rows)
     assert [l.get_label() for l in fig.axes[0].get_lines()] == ["uncached", "fewer-steps", "Pareto front"]
     with pytest.raises(ValueError, match="no row has both"):
@@ -115,18 +116,28 @@ def test_forecast_table_pareto_points_and_load_samples(tmp_path):
         {"method": "timediff[dpmpp_10]", "kind": "timediff", "mse": 0.2, "mae": 0.3, "crps": 0.25, "pi80_coverage": 0.7},
         {"method": "naive", "kind": "baseline", "mse": 0.4, "mae": 0.5, "crps": 0.5, "pi80_coverage": None}]}))
     run = _run(tmp_path, "r1", "time")
-    write_result(run / "benchmarks" / "cache-1" / "results.json", stamp("benchmark", {"by_batch": [], "pareto": [
-        {"method": "uncached", "steps": 100, "time_per_sample_s": 2.0, "swd": 0.1}]}))
+    write_result(run / "benchmarks" / "cache-1" / "results.json", stamp("benchmark", {"by_batch": [], "matched": [
+        {"solver": "euler_maruyama", "steps": 100, "rows": [
+            {"method": "uncached", "name": "uncached", "steps": 100, "time_per_sample_s": 2.0, "rel_l2": 0.0, "context_fid": 0.9},
+            {"method": "e2crf", "name": "e2crf", "steps": 100, "time_per_sample_s": 0.7, "rel_l2": 0.1}]}]}))
+    write_result(run / "benchmarks" / "cache-0" / "results.json", stamp("benchmark", {"by_batch": [], "pareto": [  # older layout
+        {"method": "uncached", "steps": 100, "time_per_sample_s": 2.0, "swd": 0.1, "rel_l2": 0.0}]}))
     write_result(run / "benchmarks" / "ablation-1" / "results.json", stamp("ablation", {"batch_size": 4, "variants": [
         {"variant": "baseline", "time_s": 8.0, "swd": 0.1}, {"variant": "no_event", "time_s": 4.0, "swd": 0.2}]}))
     found = find_results(tmp_path)
     table = forecast_table(found)
     assert [(r["method"], r["crps"], r["pi80_coverage"]) for r in table] == [("timediff[dpmpp_10]", 0.25, 0.7), ("naive", 0.5, None)]
-    by_kind = {r.kind: r for r in found}
-    assert pareto_points(by_kind["benchmark"]) == [{"group": "uncached", "label": "uncached 100", "time_per_sample_s": 2.0, "swd": 0.1}]
-    assert [(p["group"], p["time_per_sample_s"]) for p in pareto_points(by_kind["ablation"])] == [("baseline", 2.0), ("ablation", 1.0)]
+    by_kind = {(r.kind, r.path.parent.name): r for r in found}
+    new = pareto_points(by_kind["benchmark", "cache-1"])
+    assert [(p["panel"], p["group"], p["time_per_sample_s"], p["rel_l2"]) for p in new] == [
+        ("euler_maruyama 100 steps", "uncached", 2.0, 0.0), ("euler_maruyama 100 steps", "e2crf", 0.7, 0.1)]
+    assert new[0]["context_fid"] == 0.9 and "context_fid" not in new[1]
+    assert pareto_points(by_kind["benchmark", "cache-0"]) == [{"panel": "pareto", "group": "uncached", "label": "uncached 100",
+                                                               "time_per_sample_s": 2.0, "rel_l2": 0.0, "swd": 0.1}]
+    assert [(p["group"], p["time_per_sample_s"]) for p in pareto_points(by_kind["ablation", "ablation-1"])] == [("uncached", 2.0), ("ablation", 1.0)]
+    assert "euler_maruyama 100 steps: cache vs fewer steps (rel. L2 to uncached)" in benchmark_sections(by_kind["benchmark", "cache-1"])
     with pytest.raises(ResultFileError, match="not a cache benchmark"):
-        pareto_points(by_kind["forecast"])
+        pareto_points(next(r for r in found if r.kind == "forecast"))
 
     with pytest.raises(FileNotFoundError, match="python cmd/sample.py model_id=r1"):
         load_samples(tmp_path, "r1")

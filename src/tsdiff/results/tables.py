@@ -143,6 +143,8 @@ def benchmark_sections(res: Result) -> dict[str, list[dict[str, Any]]]:
         "speed vs quality (time per sample)": sorted(res.get("pareto") or [], key=lambda r: r["time_per_sample_s"]),
         "token-path scaling with length": res.get("token_scaling"),
     }
+    for m in res.get("matched") or []:  # the equal-time comparisons of the benchmark (tsdiff.tasks.bench_pareto)
+        sections[f"{m.get('solver')} {m.get('steps')} steps: cache vs fewer steps (rel. L2 to uncached)"] = m.get("rows")
     return {title: rows for title, rows in sections.items() if rows}
 
 
@@ -230,16 +232,28 @@ def forecast_table(results: Iterable[Result]) -> list[dict[str, Any]]:
 
 
 def pareto_points(res: Result) -> list[dict[str, Any]]:
-    """Speed-vs-quality points of a cache benchmark (its ``pareto`` rows, grouped by method) or an
-    ablation (its ``variants``, time per sample = median batch time / batch size): ``group``, ``label``,
-    ``time_per_sample_s``, ``swd``."""
+    """Speed-vs-quality points of a cache benchmark or ablation: ``panel`` (one equal-time comparison: solver
+    and steps), ``group`` (uncached / e2crf / fewer-steps / ablation), ``label``, ``time_per_sample_s`` and
+    ``rel_l2`` (relative L2 to the uncached samples from the same noise, the benchmark's yardstick), plus
+    ``context_fid`` or ``swd`` where the file has them. Benchmarks: the rows of each ``matched`` comparison
+    (or the ``pareto`` rows of files written before it); ablations: the ``variants`` (time per sample =
+    median batch time / batch size)."""
+    keep = ("context_fid", "swd")
     if res.kind == "benchmark":
-        return [{"group": p["method"], "label": f"{p['method']} {p.get('steps', '')}".strip(),
-                 "time_per_sample_s": p["time_per_sample_s"], "swd": p.get("swd")} for p in res.get("pareto") or []]
+        out = []
+        for m in res.get("matched") or []:
+            panel = f"{m.get('solver')} {m.get('steps')} steps"
+            out += [{"panel": panel, "group": r["method"], "label": r.get("name", r["method"]), "time_per_sample_s": r["time_per_sample_s"],
+                     "rel_l2": r.get("rel_l2"), **{k: r[k] for k in keep if k in r}} for r in m.get("rows") or []]
+        for p in res.get("pareto") or []:  # before the matched comparisons
+            out.append({"panel": "pareto", "group": p["method"], "label": f"{p['method']} {p.get('steps', '')}".strip(),
+                        "time_per_sample_s": p["time_per_sample_s"], "rel_l2": p.get("rel_l2"), **{k: p[k] for k in keep if k in p}})
+        return out
     if res.kind == "ablation":
         batch = res.get("batch_size") or 1
-        return [{"group": "baseline" if v["variant"] == "baseline" else "ablation", "label": v["variant"],
-                 "time_per_sample_s": v["time_s"] / batch, "swd": v.get("swd")} for v in res["variants"]]
+        return [{"panel": "ablation", "group": "uncached" if v["variant"] == "baseline" else "ablation", "label": v["variant"],
+                 "time_per_sample_s": v["time_s"] / batch, "rel_l2": v.get("rel_l2"), **{k: v[k] for k in keep if k in v}}
+                for v in res["variants"]]
     raise ResultFileError(f"{res.path} is a '{res.kind}' result, not a cache benchmark or ablation")
 
 

@@ -1,11 +1,11 @@
 """The cache's speed-vs-quality picture: time per sample against sample quality, one curve per method.
 
-Input: the ``pareto`` rows of a ``cmd/benchmark_cache.py`` result (``method``, ``time_per_sample_s``,
-``swd``: uncached, E2-CRF, its parameter sweep, fewer steps on the same Brownian path, other solvers) and
-the ``variants`` rows of ``cmd/ablation_cache.py`` (``variant``, ``time_s``, ``speedup``, ``swd``). Both
-come from :func:`tsdiff.results.pareto_points`. A point is on the Pareto front when no other point is at
-least as fast and at least as good; the front is drawn as a step line, so a method "wins" where its points
-lie on it. Lower SWD is better.
+Input: the points of :func:`tsdiff.results.pareto_points` -- one equal-time comparison of
+``cmd/benchmark_cache.py`` (uncached, E2-CRF variants and fewer steps of the same solver on the same noise path)
+or the variants of ``cmd/ablation_cache.py`` -- with their time per sample and relative L2 to the uncached
+samples (the benchmark's yardstick; SWD ranks fewer Euler-Maruyama steps above more, docs/e2crf.md). A point is
+on the Pareto front when no other point is at least as fast and at least as good; the front is drawn as a step
+line, so a method "wins" where its points lie on it. Lower is better.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
-def pareto_plot(rows: list[dict[str, Any]], x: str = "time_per_sample_s", y: str = "swd", title: str | None = None):
+def pareto_plot(rows: list[dict[str, Any]], x: str = "time_per_sample_s", y: str = "rel_l2", title: str | None = None):
     """Scatter of ``rows`` (one colour per ``group``) with the Pareto front; ``x``/``y`` are the keys."""
     import matplotlib.pyplot as plt
 
@@ -34,7 +34,7 @@ def pareto_plot(rows: list[dict[str, Any]], x: str = "time_per_sample_s", y: str
     fig, ax = plt.subplots(figsize=(6, 4))
     for group in dict.fromkeys(r["group"] for r in pts):
         mine = sorted((r for r in pts if r["group"] == group), key=lambda r: r[x])
-        curve = len(mine) > 1 and group != "ablation"  # a sweep is a curve; ablation variants are separate points
+        curve = len(mine) > 1 and group in ("fewer-steps", "e2crf-sweep")  # step counts form a curve; variants do not
         ax.plot([r[x] for r in mine], [r[y] for r in mine], "o-" if curve else "o", label=group, alpha=0.8)
         if not curve:
             for r in mine:
