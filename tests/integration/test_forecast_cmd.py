@@ -82,7 +82,7 @@ def test_in_process_training_keeps_the_weights_of_the_best_val_forecast(tmp_path
         "baselines.seasonal_naive_boot=null",
     ]))
     info = result["timediff"]
-    assert info["source"] == "trained_here" and info["selected_by"] == "val/forecast_mse"
+    assert info["source"] == "trained_here" and info["selected_by"] == "val/forecast_crps"
     assert info["channel_independent"]  # forecast's default model=timediff_ci
     assert math.isfinite(info["selected_value"]) and info["optimizer_steps"] == 6
     assert [r["method"] for r in result["rows"]] == ["timediff[dpmpp_10]", "seasonal_naive(m=5)", "ar"]

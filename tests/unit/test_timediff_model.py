@@ -356,9 +356,14 @@ def test_gaussian_skip_samples_the_gaussian_the_denoiser_emits(ci):
         a, s = (v.item() for v in model.schedule.alpha_sigma(torch.tensor(6)))
     mu = cond["c"][..., :C]  # untrained: mu = z_mix = z_ar and log v = 0
     torch.testing.assert_close(out, mu + a * (x - a * mu) / (a * a + s * s))
-    samples = sample_forecasts(model, lookback, num_samples=64, steps=10, seed=0)
+    samples, first = sample_forecasts(model, lookback, num_samples=64, steps=10, seed=0, return_first_x0=True)
     spread = (samples.std(0) / stats[1]).mean()  # in the instance-normalized space: ~ sqrt(v) = 1
     assert 0.7 < float(spread) < 1.3
+    # the first x0-predictions average to E[x0 | x^K ~ prior] = mu s^2 / (a^2 + s^2) at the noisiest step (v = 1)
+    a_k, s_k = (v.item() for v in model.schedule.alpha_sigma(torch.tensor(model.schedule.num_timesteps - 1)))
+    expected = model.decode_forecast((mu * s_k**2 / (a_k**2 + s_k**2))[None], stats)[0]
+    noise = a_k / (a_k**2 + s_k**2) / 8  # std of the mean of 64 draws of g x^K
+    assert float(((first.mean(0) - expected) / stats[1]).abs().max()) < 5 * noise
     with pytest.raises(ValueError, match="gaussian_skip"):
         tiny(gaussian_skip=True, parameterization="eps")
 

@@ -16,7 +16,7 @@ Steps (config: ``conf/forecast.yaml``):
    mean of the solver's first x0-predictions, free of the samples' ``var / S`` noise); the ensemble CRPS, 50/80/95% interval coverage and width, and the PIT histogram
    with its flatness use the whole sample set (:func:`tsdiff.metrics.forecasting.probabilistic_scores`).
    With ``eval.calibration.solver`` set, that solver also samples ``eval.calibration.max_windows`` val
-   windows, which gives two more rows: ``+gauss`` (TimeDiff's sample mean plus a Gaussian with its val
+   windows, which gives two more rows: ``+gauss`` (TimeDiff's conditional mean plus a Gaussian with its val
    residual std: the reference of every ``crps_skill``) and ``+spread_cal`` (the samples rescaled on val:
    POST-HOC calibration, :mod:`tsdiff.models.forecast_calibration`).
 5. Fit and score every entry of ``baselines`` (seasonal naive, the AR model alone, DLinear) on the same
@@ -146,23 +146,22 @@ def _sample(model, lookback: np.ndarray, cfg: DictConfig, spec: Any) -> tuple[np
     return samples.detach().cpu().numpy(), first.mean(0).detach().cpu().numpy(), stats
 
 
-def _calibration_rows(model, dm, cfg: DictConfig, name: str, spec: Any, test_samples: np.ndarray,
+def _calibration_rows(model, dm, cfg: DictConfig, name: str, spec: Any, test_samples: np.ndarray, point: np.ndarray,
                       future: np.ndarray) -> list[dict[str, Any]]:
-    """The Gaussian-residual reference (TimeDiff's mean + N(0, val residual std^2)) and the POST-HOC spread
-    calibration of ``name``'s samples, both fitted on val windows."""
+    """The Gaussian-residual reference (TimeDiff's conditional-mean point forecast ``point`` + N(0, its val
+    residual std^2)) and the POST-HOC spread calibration of ``name``'s samples, both fitted on val windows."""
     from tsdiff.models.forecast_calibration import apply_spread, gaussian_ensemble, residual_std, spread_factors  # noqa: PLC0415
 
     cal = cfg.eval.calibration
     val_lb, val_fu = dm.arrays("val", stride=cal.get("stride"), max_windows=cal.get("max_windows"))
-    val_samples, _, _ = _sample(model, val_lb, cfg, spec)
+    val_samples, val_point, _ = _sample(model, val_lb, cfg, spec)
     seed = int(cfg.seed)
-    point = test_samples.mean(0)
-    gauss = gaussian_ensemble(point, residual_std(val_samples.mean(0), val_fu), int(cfg.eval.num_samples), seed=seed)
+    gauss = gaussian_ensemble(point, residual_std(val_point, val_fu), int(cfg.eval.num_samples), seed=seed)
     calibrated = apply_spread(test_samples, spread_factors(val_samples, val_fu))
     base = {"kind": "timediff_calibrated", "solver": str(spec.solver), "steps": int(spec.steps), "nfe": None,
             "calibration_windows": int(len(val_lb))}
     return [{"method": f"timediff[{name}]+gauss", **base, **_score_samples(gauss, future, seed, point=point),
-             "note": "reference: TimeDiff's sample mean + Gaussian with its val residual std per step and variable"},
+             "note": "reference: TimeDiff's conditional-mean forecast + Gaussian with its val residual std per step and variable"},
             {"method": f"timediff[{name}]+spread_cal", **base, **_score_samples(calibrated, future, seed),
              "note": "POST-HOC calibration: deviations from the sample mean rescaled on val windows"}]
 
@@ -190,7 +189,7 @@ def _eval_timediff(model, dm, lookback: np.ndarray, future: np.ndarray, cfg: Dic
         log.info("%s: mse %.4f crps %.4f pi80 %.3f in %.2f s", rows[-1]["method"], rows[-1]["mse"], rows[-1]["crps"],
                  rows[-1]["pi80_coverage"], stats.wall_time_s)
         if name == cal_solver:
-            cal_rows = _calibration_rows(model, dm, cfg, name, spec, arr, future)
+            cal_rows = _calibration_rows(model, dm, cfg, name, spec, arr, cmean, future)
             ref = cal_rows[0]["crps"]
             for row in (rows[-1], *cal_rows):
                 row["crps_skill"] = 1.0 - row["crps"] / ref
