@@ -185,3 +185,15 @@ def test_per_stage_ema_is_copied_in_when_the_stage_ends():
     model._update_ema(3)
     assert set(model._ema) == set(model.stage_parameters("latent"))
     assert set(model.stage_parameters("data")) >= {"null_code"}
+
+
+def test_guidance_scale_is_a_sampling_setting_of_the_sample_command():
+    model = _model().eval()
+    cfg = OmegaConf.create({"sample_batch_size": 4, "sampler": {"solver": None, "steps": 3},
+                            "model_settings": {"guidance_scale": 1.5}})
+    build_sampler(cfg, model, "cpu", progress=False)
+    assert model.guidance_scale == 1.5
+    with pytest.raises(ValueError, match="no sampling-time setting 'latent_dim'"):
+        build_sampler(OmegaConf.merge(cfg, {"model_settings": {"latent_dim": 4}}), model, "cpu", progress=False)
+    with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
+        build_sampler(OmegaConf.merge(cfg, {"model_settings": {"guidance_scale": -1}}), model, "cpu", progress=False)

@@ -1,6 +1,7 @@
 """The UCR/UEA .ts reader, the length policies, labels through the split, and the class-coverage metric."""
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,35 @@ def test_missing_local_files_say_where_to_get_them(tmp_path):
         UEADataModule(data_dir=str(tmp_path), name="Nope").prepare_data()
     with pytest.raises(ValueError, match="stride"):
         UEADataModule(data_dir=str(tmp_path), stride=2)
+
+
+def test_kaggle_slug_downloads_a_missing_pair_from_any_archive_layout(tmp_path):
+    calls = []
+
+    class FakeApi:  # the kaggle.api surface download_kaggle_dataset uses
+        def dataset_download_files(self, dataset, path=None, unzip=False):
+            calls.append(dataset)
+            nested = Path(path) / "Multivariate_ts" / "Toy"
+            nested.mkdir(parents=True)
+            _write(nested, "Toy", _lines())
+
+    dm = UEADataModule(data_dir=str(tmp_path / "uea"), name="Toy", kaggle_slug="someone/uea-archive")
+    dm.acquire(api=FakeApi())
+    assert calls == ["someone/uea-archive"]
+    dm.setup()
+    assert dm.train_array("train").shape[1:] == (6, 2) and dm.class_names == ["a", "b"]
+    dm.acquire(api=FakeApi())  # the pair is present now: no second download
+    assert len(calls) == 1
+
+
+def test_kaggle_archive_without_the_set_names_the_slug(tmp_path):
+    class WrongArchive:
+        def dataset_download_files(self, dataset, path=None, unzip=False):
+            Path(path, "Other_TRAIN.ts").write_text(HEADER)
+
+    dm = UEADataModule(data_dir=str(tmp_path), name="Toy", kaggle_slug="someone/other")
+    with pytest.raises(DatasetUnavailableError, match="'someone/other' did not contain them"):
+        dm.acquire(api=WrongArchive())
 
 
 def test_bundled_japanese_vowels():

@@ -28,6 +28,10 @@ Data sets: ``japanese_vowels`` is bundled (UCI, CC BY 4.0; ``bundled/ATTRIBUTION
 (``BasicMotions``, ``CharacterTrajectories``, ``ECG5000``, ``ArabicDigits`` ...) is read from
 ``<data_dir>/<name>_TRAIN.ts`` and ``<data_dir>/<name>_TEST.ts`` (from timeseriesclassification.com,
 or the ``aeon`` / ``sktime`` wheels: ``pip download --no-deps aeon`` and unzip ``aeon/datasets/data``).
+With ``kaggle_slug=<owner/dataset>`` a missing pair is downloaded from that Kaggle data set (lazy ``kaggle``
+import, :mod:`tsdiff.data.kaggle`); the files may sit in any sub-folder of the archive. Kaggle hosts several
+mirrors of the archive under different owners and layouts, so tsdiff names none by default: pick the one you
+trust, and the reader checks what arrives.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 from tsdiff.data.base import TimeSeriesDataModule
 from tsdiff.data.csvio import bundled_bytes
 from tsdiff.data.errors import DataFormatError, DatasetUnavailableError
+from tsdiff.data.kaggle import download_kaggle_dataset
 
 __all__ = ["LENGTH_POLICIES", "JapaneseVowelsDataModule", "UEADataModule", "parse_ts", "read_ts", "to_length"]
 
@@ -131,7 +136,7 @@ class UEADataModule(TimeSeriesDataModule):
     """``datamodule=uea datamodule.name=BasicMotions``: a labelled UCR/UEA set from local ``.ts`` files.
 
     Extra args: ``name`` (the files' prefix), ``length_policy`` (resample | pad | crop), ``merge_test``
-    (pool TRAIN and TEST and split at random). ``seq_len=null``
+    (pool TRAIN and TEST and split at random), ``kaggle_slug`` (download a missing pair). ``seq_len=null``
     takes the longest series of the TRAIN file. One window per series (the stride is ``seq_len``).
     """
 
@@ -140,7 +145,7 @@ class UEADataModule(TimeSeriesDataModule):
     default_seq_len = 1  # replaced by the data's longest series when seq_len is null
 
     def __init__(self, data_dir: str = "data/uea", name: str = "BasicMotions", length_policy: str = "resample",
-                 merge_test: bool = False, **kwargs: Any) -> None:
+                 merge_test: bool = False, kaggle_slug: str | None = None, **kwargs: Any) -> None:
         if length_policy not in LENGTH_POLICIES:
             raise ValueError(f"length_policy={length_policy!r} is unknown; choose one of {', '.join(LENGTH_POLICIES)}")
         self._auto_len = kwargs.get("seq_len") is None
@@ -148,6 +153,7 @@ class UEADataModule(TimeSeriesDataModule):
             raise ValueError("UEA sets give one window per series; leave datamodule.stride=null")
         super().__init__(data_dir=data_dir, **kwargs)
         self.name, self.length_policy, self.merge_test = str(name), length_policy, bool(merge_test)
+        self.kaggle_slug = kaggle_slug
         self.class_names: list[str] = []
         self._labels: dict[str, np.ndarray] = {}
 
@@ -155,21 +161,33 @@ class UEADataModule(TimeSeriesDataModule):
     def _files(self) -> dict[str, tuple[str, bytes]]:
         out = {}
         for part in ("TRAIN", "TEST"):
-            candidates = [self.data_dir / f"{self.name}_{part}.ts", self.data_dir / f"{self.name}_{part}.ts.gz"]
-            found = next((p for p in candidates if p.is_file()), None)
+            found = self._find(part)
             if found is None:
+                kaggle = (f"; or set datamodule.kaggle_slug=<owner/dataset> to download them" if self.kaggle_slug is None
+                          else f"; the Kaggle data set '{self.kaggle_slug}' did not contain them")
                 raise DatasetUnavailableError(
-                    f"{self.name}: {candidates[0]} not found. Put {self.name}_TRAIN.ts and {self.name}_TEST.ts into "
-                    f"{self.data_dir} (from timeseriesclassification.com, or `pip download --no-deps aeon` and unzip "
-                    f"aeon/datasets/data/{self.name}), or set datamodule.data_dir")
+                    f"{self.name}: {self.data_dir / f'{self.name}_{part}.ts'} not found. Put {self.name}_TRAIN.ts and "
+                    f"{self.name}_TEST.ts into {self.data_dir} (from timeseriesclassification.com, or `pip download "
+                    f"--no-deps aeon` and unzip aeon/datasets/data/{self.name}), or set datamodule.data_dir{kaggle}")
             out[part] = (found.name, found.read_bytes())
         return out
 
-    def acquire(self) -> None:
-        self._files()  # local files only: raises the instructions when they are missing
+    def _find(self, part: str) -> Path | None:
+        """``<name>_<part>.ts`` or ``.ts.gz`` in ``data_dir``, else in one of its sub-folders (archive layouts)."""
+        names = (f"{self.name}_{part}.ts", f"{self.name}_{part}.ts.gz")
+        direct = next((self.data_dir / n for n in names if (self.data_dir / n).is_file()), None)
+        if direct is not None or not self.data_dir.is_dir():
+            return direct
+        return next((p for n in names for p in sorted(self.data_dir.rglob(n)) if p.is_file()), None)
+
+    def acquire(self, api: Any = None) -> None:
+        """Download a missing TRAIN/TEST pair from ``kaggle_slug`` (``api``: a test double of ``kaggle.api``)."""
+        if self.kaggle_slug is not None and (self._find("TRAIN") is None or self._find("TEST") is None):
+            download_kaggle_dataset(self.kaggle_slug, self.data_dir, [], api=api)
+        self._files()  # raises the instructions when the files are still missing
 
     def prepare_data(self) -> None:
-        self._files()
+        self.acquire()
 
     def _require_local_copy(self) -> None:
         return None  # load_collection reads (and checks) the files itself

@@ -102,6 +102,7 @@ class L2DDiff(pl.LightningModule):
     the null code); :meth:`cascade_stages` gives the full two-stage sampler."""
 
     parameterization = "x0"
+    sampling_settings = ("guidance_scale",)  # `cmd/sample.py +model_settings.guidance_scale=w`
 
     def __init__(self, n_channels: int | None = None, max_len: int | None = None, *, latent_dim: int = 8,
                  variant: str = "full", stage_steps: tuple[int, int, int] = (1000, 1000, 2000), mask_rate: float = 0.5,
@@ -119,7 +120,8 @@ class L2DDiff(pl.LightningModule):
         self.variant, self.budget = variant, budget
         self.latent_schedule = latent_schedule or LinearSchedule(100, 1e-3, 0.2)
         self.schedule = data_schedule or LinearSchedule(100, 1e-3, 0.2)
-        self.guidance_scale = float(guidance_scale)
+        self._guidance_scale = 0.0
+        self.guidance_scale = guidance_scale
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))  # the init is a function of the seed, without touching the global RNG
             self.autoencoder = MaskedAutoencoder(self.n_channels, self.seq_len, self.latent_dim, ae_hidden, ae_depth,
@@ -165,6 +167,18 @@ class L2DDiff(pl.LightningModule):
                                   self.condition_net(torch.cat([r, self.null_code.expand_as(r)])))
         cond_out, null_out = both.chunk(2)
         return (1 + w) * cond_out - w * null_out
+
+    @property
+    def guidance_scale(self) -> float:
+        """Classifier-free guidance weight ``w >= 0`` of the data branch (0: none); settable after training."""
+        return self._guidance_scale
+
+    @guidance_scale.setter
+    def guidance_scale(self, value: float) -> None:
+        w = float(value)
+        if not w >= 0.0:
+            raise ValueError(f"guidance_scale must be >= 0 (0 = no classifier-free guidance), got {value}")
+        self._guidance_scale = w
 
     def cascade_stages(self) -> list[Stage]:
         """Latent stage then data stage (``c = r_0``); one stage for each ablation."""

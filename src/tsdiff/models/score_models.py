@@ -32,6 +32,10 @@ Parameterization and loss
     ``(alpha x0_hat - x_t) / sigma^2`` -- it is still a score model trained by denoising score
     matching: the loss is the x0-MSE weighted by ``1 / c_out^2`` (unit-variance targets for ``F``;
     for small noise this is the usual ``lambda(t) = sigma^2`` DSM weighting, Song et al. 2021, eq. 7).
+    ``skip="gaussian"`` replaces the diagonal skip by the exact denoiser of the full-covariance Gaussian
+    fitted to the training windows (and ``c_out`` by its posterior std): a zero network output then samples
+    that Gaussian, and the network learns only what the data has beyond two moments
+    (:mod:`tsdiff.diffusion.gaussian_skip`; measured in the README). ``"diagonal"`` is EDM's form above.
     ``parameterization="eps"`` keeps the reference's plain noise/score network (eps-MSE).
     ``likelihood_weighting=True`` multiplies the loss by ``g(t)^2 / sigma_t^2``, turning the DSM weight
     into ``lambda(t) = g(t)^2`` (Song et al. 2021b, Thm. 1): a tighter likelihood bound, higher variance.
@@ -55,6 +59,7 @@ from torch import nn
 
 from tsdiff.caching.interface import CacheInterface, as_token_network
 from tsdiff.diffusion.fourier import noise_scale, unwhiten, whiten
+from tsdiff.diffusion.gaussian_skip import GaussianSkip
 from tsdiff.diffusion.schedules import NoiseSchedule
 from tsdiff.models.callbacks import EMA
 from tsdiff.utils import append_dims
@@ -76,6 +81,7 @@ class ScoreModule(pl.LightningModule):
             the reverse SDE with Euler–Maruyama).
         center: precondition around the per-component training mean (see module docstring).
         data_std_floor: floor of ``data_std`` as a fraction of its rms over components.
+        skip: ``"diagonal"`` (EDM) or ``"gaussian"`` (full-covariance Gaussian denoiser, see module docstring).
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class ScoreModule(pl.LightningModule):
         parameterization: str = "x0",
         center: bool = True,
         data_std_floor: float = 0.01,
+        skip: str = "diagonal",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "noise_scheduler"])
@@ -103,6 +110,11 @@ class ScoreModule(pl.LightningModule):
             raise ValueError(f"ScoreModule parameterization must be 'x0' (preconditioned) or 'eps', got '{parameterization}'")
         if not 0.0 < data_std_floor <= 1.0:
             raise ValueError(f"data_std_floor must lie in (0, 1] (a fraction of the data's rms std), got {data_std_floor}")
+        if skip not in ("diagonal", "gaussian"):
+            raise ValueError(f"skip must be 'diagonal' (EDM) or 'gaussian' (full-covariance), got '{skip}'")
+        if skip == "gaussian" and (parameterization != "x0" or not center):
+            raise ValueError("skip='gaussian' needs parameterization='x0' and center=true (it is the posterior mean "
+                             "of a Gaussian around the training mean); set score_model.skip=diagonal otherwise")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
         self.net = backbone if isinstance(backbone, nn.Module) else backbone(n_channels=n_channels, max_len=max_len)
@@ -116,6 +128,7 @@ class ScoreModule(pl.LightningModule):
         # per-component mean and std of the training data in the diffusion variable (see fit_data_std)
         self.register_buffer("data_std", torch.ones(max_len, n_channels))
         self.register_buffer("data_mean", torch.zeros(max_len, n_channels))
+        self.gaussian_skip = GaussianSkip(max_len, n_channels) if skip == "gaussian" else None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # runs saved before mean-centred preconditioning have no data_mean: they were trained with m = 0
@@ -139,6 +152,8 @@ class ScoreModule(pl.LightningModule):
         floor = max(float(self.hparams.data_std_floor) * float(std.pow(2).mean().sqrt()), 1e-6)
         self.data_std.copy_(std.clamp_min(floor).float())
         self.data_mean.copy_(z.mean(dim=0).float() if self.hparams.center else torch.zeros_like(self.data_mean))
+        if self.gaussian_skip is not None:
+            self.gaussian_skip.fit(z, floor)
 
     def on_datamodule_ready(self, datamodule) -> None:
         """Called by the train task before fitting: fit ``data_std`` on the training split."""
@@ -166,13 +181,26 @@ class ScoreModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ denoiser contract
     def preconditioning(self, t: torch.Tensor, ndim: int) -> tuple[torch.Tensor, ...]:
-        """``alpha, c_skip, c_out, c_in`` at times ``t`` (see module docstring), broadcastable."""
+        """``alpha, c_skip, c_out, c_in`` at times ``t`` (see module docstring), broadcastable. With
+        ``skip="gaussian"``, ``c_skip`` is None (the skip is a matrix: :meth:`skip_term`) and ``c_out`` is the
+        Gaussian posterior std per component."""
         alpha, sigma = self.schedule.alpha_sigma(t)
         alpha = append_dims(alpha.to(self.data_std.dtype), ndim)
         s = append_dims(sigma.to(self.data_std.dtype), ndim) / alpha
         d2 = self.data_std**2
         norm = torch.sqrt(s**2 + d2)
+        if self.gaussian_skip is not None:
+            c_out = self.gaussian_skip.posterior_std(s.reshape(-1) ** 2, tuple(self.data_std.shape))
+            return alpha, None, c_out, 1.0 / norm
         return alpha, d2 / norm**2, s * self.data_std / norm, 1.0 / norm
+
+    def skip_term(self, x_centred: torch.Tensor, t: torch.Tensor, c_skip: torch.Tensor | None) -> torch.Tensor:
+        """The linear part of ``x0_hat - m``: ``c_skip x~`` or the Gaussian posterior mean."""
+        if c_skip is not None:
+            return c_skip * x_centred
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        s2 = (sigma.to(x_centred.dtype) / alpha.to(x_centred.dtype)).reshape(-1) ** 2
+        return self.gaussian_skip.posterior(x_centred, s2.expand(len(x_centred)))[0]
 
     def output_sensitivity(self, t: torch.Tensor, ndim: int = 3, *, alpha_sigma: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """How much an error in the network output ``F`` at times ``t`` moves the final sample, per
@@ -194,6 +222,8 @@ class ScoreModule(pl.LightningModule):
         norm = torch.sqrt(s**2 + d**2)
         if self.parameterization == "eps":
             return (s / norm).expand(s.shape[0], *d.shape)
+        if self.gaussian_skip is not None:
+            return self.gaussian_skip.posterior_std(s.reshape(-1) ** 2, tuple(d.shape)) / norm
         return s * d / norm**2
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None, *,
@@ -208,7 +238,7 @@ class ScoreModule(pl.LightningModule):
         alpha, c_skip, c_out, c_in = self.preconditioning(t, x.ndim)
         x_centred = x / alpha - self.data_mean
         out = net(self.network_input(c_in * x_centred), self.schedule.network_time(t))
-        return self.data_mean + c_skip * x_centred + c_out * out
+        return self.data_mean + self.skip_term(x_centred, t, c_skip) + c_out * out
 
     def cache_interface(self) -> CacheInterface:
         """What a cache may use (:mod:`tsdiff.caching.interface`): the network and its token blocks

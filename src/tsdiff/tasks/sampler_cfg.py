@@ -84,6 +84,20 @@ def guidance_of(cfg: DictConfig) -> Any:
     return instantiate(node) if node is not None else None
 
 
+def apply_model_settings(cfg: DictConfig, model: Any) -> None:
+    """Set the loaded model's sampling-time settings from ``cfg.model_settings`` (e.g. L2D-Diff's
+    ``+model_settings.guidance_scale=1``). A model lists what may change after training in
+    ``sampling_settings``; anything else is refused, since it would not match the trained weights."""
+    settings = _plain(cfg.get("model_settings")) or {}
+    allowed = tuple(getattr(model, "sampling_settings", ()))
+    for key, value in settings.items():
+        if key not in allowed:
+            raise ValueError(
+                f"model_settings.{key}: {type(model).__name__} has no sampling-time setting '{key}' "
+                f"(it has: {', '.join(allowed) or 'none'}); training settings change only with a new run")
+        setattr(model, key, value)
+
+
 def num_steps(cfg: DictConfig) -> int:
     """Steps per sample: ``num_diffusion_steps`` (which defaults to ``sampler.steps``)."""
     steps = cfg.get("num_diffusion_steps")
@@ -106,6 +120,7 @@ def build_sampler(cfg: DictConfig, model: Any, device: Any, *, batch_size: int |
     from tsdiff.sampling.cascade import CascadeSampler
     from tsdiff.sampling.contract import Cascades, declares
 
+    apply_model_settings(cfg, model)
     node = cache_config(cfg) if isinstance(cache, str) and cache == "config" else cache
     policy = build_cache(node if node is not None else {"_target_": NO_CACHE})
     if solver is None:
