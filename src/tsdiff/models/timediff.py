@@ -16,15 +16,16 @@ Shapes: lookback ``(B, L, C)``, future ``(B, H, C)``; the paper writes them ``d 
   denoiser predicts ``x0`` (eq. 19; ``parameterization="eps"`` is Table 6's ablation).
 * **Ablations** (Sec. 4.3): ``future_mixup``, ``mixup`` / ``mixup_tau`` (Table 5), ``use_ar`` (Table 4).
 * **Departures** (the Python defaults are the paper's; the config turns them on): ``ar_skip``
-  (``F = z_ar + F_net``), ``zero_init``, ``ema_decay``, ``select_by="val_forecast"``, and channel
+  (``F = z_ar + F_net``), ``zero_init``, ``ema_decay``, ``select_by="val_crps"``, and channel
   independence (Appendix C). Why, with the measurements: ``docs/timediff.md``.
-* **Calibration** (issue 16; off by default = the paper): ``mixup_source="diffused"`` mixes the diffused
+* **Calibration** (issue 16; the Python defaults are the paper's, the config turns them on): ``mixup_source="diffused"`` mixes the diffused
   future ``x^k`` instead of the clean one into ``z_mix``, so the condition carries no more of the truth
   than the denoiser's own input (with clean mixup the x0-denoiser reads the truth from ``c`` and learns to
   ignore ``x^k``: its samples do not spread). ``gaussian_skip`` writes the x0-prediction as the posterior
   mean of a Gaussian ``N(mu, v)`` given ``x^k`` (:meth:`TimeDiff.denoise`), the denoiser emitting ``mu``
   and ``log v``; the unchanged x0 loss (eq. 19) then fits ``v`` to the residual variance, and sampling
-  draws spread ``v`` from the first step on.
+  draws spread ``v`` from the first step on. (A per-window, learnt, diagonal cousin of the fixed full-covariance
+  skip of :mod:`tsdiff.diffusion.gaussian_skip`.)
 """
 
 from __future__ import annotations
