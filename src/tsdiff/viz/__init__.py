@@ -1,0 +1,1 @@
+"""Plots of tsdiff results (matplotlib, Agg backend); import the submodules directly."""
