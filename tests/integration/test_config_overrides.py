@@ -65,6 +65,6 @@ def test_timediff_model_configs_compose(name, ci, hidden):
 
     cfg = compose_cfg("train", [f"model={name}", "datamodule=forecast_stocks"])
     assert cfg.model.channel_independent is ci and cfg.model.hidden == hidden
-    assert cfg.model.ar_skip and cfg.model.select_by == "val_forecast"  # inherited departures
+    assert cfg.model.ar_skip and cfg.model.select_by == "val_crps" and cfg.model.gaussian_skip  # inherited departures
     model = instantiate(cfg.model, lookback=8, horizon=2, n_channels=3, step_sinusoid_dim=8, step_hidden_dim=8)
     assert isinstance(model, TimeDiff) and isinstance(model.denoiser, PerChannelDenoiser) is ci

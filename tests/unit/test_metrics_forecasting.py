@@ -54,3 +54,24 @@ def test_crps_brute_force_point_mass_and_per_horizon():
     np.testing.assert_allclose(crps_ensemble(samples, target, per_horizon=True), brute.mean((0, 2)), rtol=1e-12)
     point = np.repeat(target[None] + 0.5, 3, 0)  # a degenerate ensemble: CRPS equals MAE
     assert crps_ensemble(point, target) == pytest.approx(0.5)
+
+
+def test_calibrated_ensemble_covers_its_levels_and_has_a_flat_pit():
+    from tsdiff.metrics.forecasting import ensemble_interval, interval_scores, pit_histogram, pit_values
+
+    g = np.random.default_rng(3)
+    samples, target = g.standard_normal((9, 4000, 2, 1)), g.standard_normal((4000, 2, 1))
+    cov = interval_scores(samples, target, levels=(0.5, 0.8))
+    # Weibull positions: a calibrated 9-member ensemble covers ~80% with its 80% interval (linear: ~70%)
+    assert cov["pi80_coverage"] == pytest.approx(0.8, abs=0.02) and cov["pi50_coverage"] == pytest.approx(0.5, abs=0.03)
+    freq, flat = pit_histogram(pit_values(samples, target, seed=0), bins=5)
+    assert freq.sum() == pytest.approx(1.0) and flat < 0.03
+    collapsed = np.repeat(samples[:1] * 0.01, 9, axis=0)  # (almost) no spread: PIT piles up at 0 and 1
+    _, flat_bad = pit_histogram(pit_values(collapsed, target, seed=0), bins=5)
+    assert flat_bad > 0.5 and interval_scores(collapsed, target)["pi95_coverage"] < 0.05
+    lo, hi = ensemble_interval(np.arange(9.0).reshape(9, 1, 1, 1), 0.8)  # positions 1 and 9 of 10: the range
+    assert (lo.item(), hi.item()) == (0.0, 8.0)
+    with pytest.raises(ValueError, match="level"):
+        ensemble_interval(samples, 1.5)
+    with pytest.raises(ValueError, match="PIT"):
+        pit_histogram(np.array([1.5]))

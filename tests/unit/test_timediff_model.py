@@ -311,10 +311,12 @@ def test_best_weights_callback_keeps_and_loads_the_ema_weights():
 def test_validation_forecast_mse_is_the_sample_mean_error():
     model = tiny(ar_skip=True, zero_init=True)
     batch = sine_batches(1, batch=3)[0]
-    got = ValForecastMSE(samples=2, steps=10).forecast_mse(model, batch["lookback"], batch["future"])
+    got, crps = ValForecastMSE(samples=2, steps=10).forecast_scores(model, batch["lookback"], batch["future"])
     normed, mean, std = model.normalize(batch["lookback"])
     ar = model.ar_model(normed).detach() * std + mean  # the untrained model forecasts z_ar
     assert got == pytest.approx(float(((ar - batch["future"]) ** 2).mean()), rel=1e-3)
+    # two (near-)identical samples: the fair CRPS is the MAE of the point forecast
+    assert crps == pytest.approx(float((ar - batch["future"]).abs().mean()), rel=1e-2)
 
 
 
@@ -341,3 +343,38 @@ def test_channel_independent_model_trains_on_channel_subsets_and_forecasts_every
     assert out.shape == (2, 4, H, 3) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="ci_channels_per_step"):
         tiny(3, channel_independent=True, ci_channels_per_step=0)
+
+
+@pytest.mark.parametrize("ci", [False, True])
+def test_gaussian_skip_samples_the_gaussian_the_denoiser_emits(ci):
+    model = tiny(gaussian_skip=True, ar_skip=True, zero_init=True, channel_independent=ci).eval()
+    lookback = sine_batches(1, batch=4)[0]["lookback"]
+    cond, stats = model.forecast_condition(lookback)
+    x, t = torch.randn(4, H, C), torch.full((4,), 6)
+    with torch.no_grad():
+        out = model.denoise(x, t, cond)
+        a, s = (v.item() for v in model.schedule.alpha_sigma(torch.tensor(6)))
+    mu = cond["c"][..., :C]  # untrained: mu = z_mix = z_ar and log v = 0
+    torch.testing.assert_close(out, mu + a * (x - a * mu) / (a * a + s * s))
+    samples, first = sample_forecasts(model, lookback, num_samples=64, steps=10, seed=0, return_first_x0=True)
+    spread = (samples.std(0) / stats[1]).mean()  # in the instance-normalized space: ~ sqrt(v) = 1
+    assert 0.7 < float(spread) < 1.3
+    # the first x0-predictions average to E[x0 | x^K ~ prior] = mu s^2 / (a^2 + s^2) at the noisiest step (v = 1)
+    a_k, s_k = (v.item() for v in model.schedule.alpha_sigma(torch.tensor(model.schedule.num_timesteps - 1)))
+    expected = model.decode_forecast((mu * s_k**2 / (a_k**2 + s_k**2))[None], stats)[0]
+    noise = a_k / (a_k**2 + s_k**2) / 8  # std of the mean of 64 draws of g x^K
+    assert float(((first.mean(0) - expected) / stats[1]).abs().max()) < 5 * noise
+    with pytest.raises(ValueError, match="gaussian_skip"):
+        tiny(gaussian_skip=True, parameterization="eps")
+
+
+def test_diffused_mixup_reveals_only_the_denoisers_own_input():
+    batch = sine_batches(1, batch=8)[0]
+    with pytest.raises(ValueError, match="mixup_source"):
+        tiny(mixup_source="noisy")
+    losses = {}
+    for source in ("clean", "diffused"):
+        torch.manual_seed(0)
+        model = tiny(mixup_source=source).train()
+        losses[source] = model.diffusion_loss(batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(losses["diffused"]) and not torch.isclose(losses["clean"], losses["diffused"])

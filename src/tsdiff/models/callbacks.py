@@ -177,7 +177,8 @@ class ARPretraining(pl.Callback):
 class ValForecastMSE(pl.Callback):
     """Log ``val/forecast_mse``: the MSE of the mean of ``samples`` DPM-Solver++ forecasts (``steps``
     steps, fixed ``seed``) on the module's ``selection_windows`` - the quantity the test table reports, at
-    a fraction of its cost. It runs in ``on_validation_epoch_end`` while validation holds the averaged
+    a fraction of its cost - and ``val/forecast_crps``, the fair (unbiased) ensemble CRPS of the same
+    samples, which does not reward collapsed samples as the MSE of a few-sample mean does. It runs in ``on_validation_epoch_end`` while validation holds the averaged
     weights, so it must come before :class:`EMA` in the callback list."""
 
     def __init__(self, samples: int = 2, steps: int = 10, seed: int = 2):
@@ -189,12 +190,20 @@ class ValForecastMSE(pl.Callback):
                                "model.on_datamodule_ready(datamodule) before trainer.fit; call it (ForecastingDataModule, "
                                "datamodule=forecast_*) or set model.select_by=val_loss.")
 
-    def forecast_mse(self, pl_module: pl.LightningModule, lookback: torch.Tensor, future: torch.Tensor) -> float:
+    def forecast_scores(self, pl_module: pl.LightningModule, lookback: torch.Tensor, future: torch.Tensor) -> tuple[float, float]:
+        """``(MSE of the sample mean, fair ensemble CRPS)`` on the given windows."""
         samples = sample_forecasts(pl_module, lookback, num_samples=self.samples, solver="dpm_solver++",
                                    steps=self.steps, seed=self.seed)
-        return float(((samples.mean(0) - future.to(samples)) ** 2).mean())
+        y = future.to(samples)
+        mse = float(((samples.mean(0) - y) ** 2).mean())
+        s = samples.shape[0]
+        skill = (samples - y).abs().mean(0)
+        spread = (samples[:, None] - samples[None]).abs().sum((0, 1)) / (2 * s * max(s - 1, 1))
+        return mse, float((skill - spread).mean())
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            pl_module.log("val/forecast_mse", self.forecast_mse(pl_module, *pl_module.selection_windows))
+            mse, crps = self.forecast_scores(pl_module, *pl_module.selection_windows)
+            pl_module.log("val/forecast_mse", mse)
+            pl_module.log("val/forecast_crps", crps)
 

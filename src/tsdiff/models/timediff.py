@@ -16,8 +16,16 @@ Shapes: lookback ``(B, L, C)``, future ``(B, H, C)``; the paper writes them ``d 
   denoiser predicts ``x0`` (eq. 19; ``parameterization="eps"`` is Table 6's ablation).
 * **Ablations** (Sec. 4.3): ``future_mixup``, ``mixup`` / ``mixup_tau`` (Table 5), ``use_ar`` (Table 4).
 * **Departures** (the Python defaults are the paper's; the config turns them on): ``ar_skip``
-  (``F = z_ar + F_net``), ``zero_init``, ``ema_decay``, ``select_by="val_forecast"``, and channel
+  (``F = z_ar + F_net``), ``zero_init``, ``ema_decay``, ``select_by="val_crps"``, and channel
   independence (Appendix C). Why, with the measurements: ``docs/timediff.md``.
+* **Calibration** (issue 16; the Python defaults are the paper's, the config turns them on): ``mixup_source="diffused"`` mixes the diffused
+  future ``x^k`` instead of the clean one into ``z_mix``, so the condition carries no more of the truth
+  than the denoiser's own input (with clean mixup the x0-denoiser reads the truth from ``c`` and learns to
+  ignore ``x^k``: its samples do not spread). ``gaussian_skip`` writes the x0-prediction as the posterior
+  mean of a Gaussian ``N(mu, v)`` given ``x^k`` (:meth:`TimeDiff.denoise`), the denoiser emitting ``mu``
+  and ``log v``; the unchanged x0 loss (eq. 19) then fits ``v`` to the residual variance, and sampling
+  draws spread ``v`` from the first step on. (A per-window, learnt, diagonal cousin of the fixed full-covariance
+  skip of :mod:`tsdiff.diffusion.gaussian_skip`.)
 """
 
 from __future__ import annotations
@@ -36,7 +44,10 @@ from tsdiff.nets.timediff import MIXUP_KINDS, draw_channels, gather_channels, mi
 
 __all__ = ["TimeDiff", "mixup_mask"]
 
-SELECT_BY = ("val_forecast", "val_loss")
+SELECT_BY = ("val_forecast", "val_crps", "val_loss")
+MIXUP_SOURCES = ("clean", "diffused")
+#: clamp of the predictive log-variance of ``gaussian_skip`` (instance-normalized units)
+LOG_VAR_RANGE = (-9.0, 4.0)
 #: sizes conf/model/timediff.yaml's network nodes read (``model.hidden=128`` ...); recorded, not used here
 NET_SIZE_KEYS = ("hidden", "cond_hidden", "step_sinusoid_dim", "step_hidden_dim")
 #: flat keys of configs written before the networks were injected (now inside the network/schedule nodes)
@@ -108,6 +119,7 @@ class TimeDiff(pl.LightningModule):
                  condition_net: Net | None = None, denoiser: Net | None = None, ar_model: Net | None = None,
                  schedule: NoiseSchedule | None = None,
                  parameterization: str = "x0", future_mixup: bool = True, mixup: str = "soft", mixup_tau: float = 0.5,
+                 mixup_source: str = "clean", gaussian_skip: bool = False,
                  mixup_segment_mean: float = 3.0, use_ar: bool = True, ar_skip: bool = False, zero_init: bool = False,
                  channel_independent: bool = False, ci_channels_per_step: int | None = None, freeze_ar: bool = False,
                  norm_eps: float = 1e-3, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
@@ -119,6 +131,10 @@ class TimeDiff(pl.LightningModule):
                          denoiser=denoiser, parameterization=parameterization, mixup=mixup, select_by=select_by,
                          ci_channels_per_step=ci_channels_per_step, norm_eps=norm_eps, net_sizes=net_sizes)
         EMA.check_decay(ema_decay)
+        if mixup_source not in MIXUP_SOURCES:
+            raise ValueError(f"mixup_source={mixup_source!r} is unknown; choose one of {', '.join(MIXUP_SOURCES)}")
+        if gaussian_skip and parameterization != "x0":
+            raise ValueError("gaussian_skip shapes the x0-prediction; use parameterization=x0 or gaussian_skip=false")
         self.save_hyperparameters(ignore=["condition_net", "denoiser", "ar_model", "schedule"])
         self.lookback, self.horizon, self.n_channels = int(lookback), int(horizon), int(n_channels)
         self.schedule = schedule if schedule is not None else CosineSchedule(100, beta_start=1e-4, beta_end=0.1)
@@ -131,7 +147,9 @@ class TimeDiff(pl.LightningModule):
         if self.ar_model is not None and freeze_ar:
             self.ar_model.requires_grad_(False)
         groups = 2 if self.ar_model is not None else 1  # c = [z_mix, z_ar] (eq. 13) or [z_mix]
-        self.denoiser = _build(denoiser, n_channels=self.n_channels, horizon=self.horizon, cond_channels=groups * self.n_channels)
+        extra = {"out_groups": 2} if gaussian_skip else {}  # [mu, log v]
+        self.denoiser = _build(denoiser, n_channels=self.n_channels, horizon=self.horizon,
+                               cond_channels=groups * self.n_channels, **extra)
         if zero_init:
             for net in (self.condition_net, self.denoiser):
                 net.zero_output_()
@@ -150,7 +168,23 @@ class TimeDiff(pl.LightningModule):
         if not isinstance(cond, dict) or "c" not in cond:
             raise TypeError("TimeDiff is a conditional forecaster: denoise() needs cond={'c': model.condition(lookback)}. "
                             "Use tsdiff.sampling.forecast.sample_forecasts(model, lookback) or `python cmd/forecast.py`.")
-        return self.denoiser(x, self.schedule.network_time(t), cond["c"])
+        out = self.denoiser(x, self.schedule.network_time(t), cond["c"])
+        if not self.hparams.gaussian_skip:
+            return out
+        return self.gaussian_posterior_mean(x, t, out[..., : x.shape[-1]], out[..., x.shape[-1] :])
+
+    def gaussian_posterior_mean(self, x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+        """``E[x0 | x^k]`` if ``x0 ~ N(mu, v)`` and ``x^k = a x0 + s eps``: ``mu + a v (x^k - a mu) / (a^2 v + s^2)``.
+
+        The x0 loss is minimised by the true conditional mean; for a Gaussian future that is exactly this
+        form with ``v`` the true residual variance, so the loss fits ``v`` (heteroscedastic, per window and
+        step) and the reverse process draws from ``N(mu, v)``. ``mu`` may still depend on ``x^k`` (the
+        denoiser sees it), which lets the samples depart from the Gaussian shape."""
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        a = alpha.to(x).view(-1, 1, 1)
+        s2 = (sigma.to(x) ** 2).view(-1, 1, 1)
+        v = torch.exp(log_var.clamp(*LOG_VAR_RANGE))
+        return mu + a * v * (x - a * mu) / (a * a * v + s2)
 
     def forecast_condition(self, lookback: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """Inference condition (eq. 15) of raw lookback windows ``(N, L, C)`` and their statistics, which
@@ -189,7 +223,7 @@ class TimeDiff(pl.LightningModule):
             z = z + z_ar  # F = z_ar + F_net: F refines the AR forecast
         if self.training and hp.future_mixup and future_n is not None:
             m = mixup_mask(tuple(z.shape), hp.mixup, hp.mixup_tau, hp.mixup_segment_mean, generator=generator, device=z.device)
-            z = m * z + (1.0 - m) * future_n
+            z = m * z + (1.0 - m) * future_n  # future_n: clean (eq. 14) or x^k (mixup_source="diffused")
         return z if z_ar is None else torch.cat([z, z_ar], dim=-1)
 
     def diffusion_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
@@ -206,7 +240,8 @@ class TimeDiff(pl.LightningModule):
         t = self.schedule.sample_training_times(b, device=future.device, generator=generator)
         noise = torch.randn(future_n.shape, generator=generator, device=gen_device).to(future.device)
         x_t = self.schedule.q_sample(future_n, t, noise)
-        pred = self.denoise(x_t, t, {"c": self.condition(lookback_n, future_n, generator, channels)})
+        revealed = x_t if self.hparams.mixup_source == "diffused" else future_n
+        pred = self.denoise(x_t, t, {"c": self.condition(lookback_n, revealed, generator, channels)})
         return nnf.mse_loss(pred, future_n if self.parameterization == "x0" else noise)
 
     # ------------------------------------------------------------------ Lightning
@@ -221,7 +256,7 @@ class TimeDiff(pl.LightningModule):
     def on_datamodule_ready(self, datamodule: Any) -> None:
         """Called by the train task before fitting: take the val windows model selection scores
         (``select_by=val_forecast``) from the datamodule's public ``arrays`` method."""
-        if self.hparams.select_by == "val_forecast":
+        if self.hparams.select_by in ("val_forecast", "val_crps"):
             lookback, future = datamodule.arrays("val", max_windows=int(self.hparams.val_forecast_windows))
             self.selection_windows = (torch.as_tensor(lookback), torch.as_tensor(future))
 
@@ -244,7 +279,7 @@ class TimeDiff(pl.LightningModule):
     @property
     def selection_metric(self) -> str:
         """What early stopping and the best-weights restore watch (``select_by``)."""
-        return "val/forecast_mse" if self.hparams.select_by == "val_forecast" else "val/loss"
+        return {"val_forecast": "val/forecast_mse", "val_crps": "val/forecast_crps"}.get(self.hparams.select_by, "val/loss")
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """The training recipe, in hook order: AR pretraining (Sec. 3.2.2) at fit start; the val forecast
@@ -257,7 +292,7 @@ class TimeDiff(pl.LightningModule):
         callbacks: list[pl.Callback] = []
         if self.ar_model is not None:
             callbacks.append(ARPretraining(int(hp.ar_pretrain_epochs), float(hp.ar_lr), eps=float(hp.norm_eps)))
-        if hp.select_by == "val_forecast":
+        if hp.select_by in ("val_forecast", "val_crps"):
             callbacks.append(ValForecastMSE(int(hp.val_forecast_samples), int(hp.val_forecast_steps), seed=int(hp.seed) + 2))
         if hp.early_stopping_patience is not None:
             callbacks.append(EarlyStopping(monitor=self.selection_metric, mode="min", patience=int(hp.early_stopping_patience)))

@@ -134,17 +134,22 @@ class TimeDiffDenoiser(nn.Module):
 
     ``cond_channels`` is ``2d`` for ``c = concat(z_mix, z_ar)`` (eq. 13) and ``d`` when the AR model is
     switched off (Table 4's ablation). The output is read as ``x0`` or ``eps`` by the system.
+
+    ``out_groups`` > 1 widens the output to ``out_groups * d`` channels (group-major, the residual goes to
+    the first group only): ``out_groups=2`` gives the system a predictive log-variance next to its mean
+    (:class:`tsdiff.models.timediff.TimeDiff`'s ``gaussian_skip``).
     """
 
     def __init__(self, n_channels: int, horizon: int, cond_channels: int, hidden: int = 256,
                  n_proj_blocks: int = 2, n_encoder_blocks: int = 2, n_decoder_blocks: int = 2,
                  step_sinusoid_dim: int = 128, step_hidden_dim: int = 128, dropout: float = 0.1,
-                 residual: bool = True):
+                 residual: bool = True, out_groups: int = 1):
         super().__init__()
         _check_positive(n_channels=n_channels, horizon=horizon, cond_channels=cond_channels, hidden=hidden,
                         n_proj_blocks=n_proj_blocks, n_encoder_blocks=n_encoder_blocks,
-                        n_decoder_blocks=n_decoder_blocks)
+                        n_decoder_blocks=n_decoder_blocks, out_groups=out_groups)
         self.n_channels, self.horizon, self.cond_channels = n_channels, horizon, cond_channels
+        self.out_groups = int(out_groups)
         if residual and cond_channels < n_channels:
             raise ValueError(f"residual=True adds z_mix (the first {n_channels} channels of c) to the output; "
                              f"cond_channels={cond_channels} is too small")
@@ -161,7 +166,7 @@ class TimeDiffDenoiser(nn.Module):
         self.decoder = nn.Sequential(
             ConvBlock(cond_channels + hidden, hidden, dropout=dropout),
             *[ConvBlock(hidden, hidden, dropout=dropout) for _ in range(n_decoder_blocks - 1)],
-            nn.Conv1d(hidden, n_channels, 3, padding=1),
+            nn.Conv1d(hidden, n_channels * self.out_groups, 3, padding=1),
         )
 
     def zero_output_(self) -> "TimeDiffDenoiser":
@@ -182,7 +187,8 @@ class TimeDiffDenoiser(nn.Module):
         z2 = self.encoder(torch.cat([z1, p], dim=1))  # (B, d'', H)
         out = self.decoder(torch.cat([cond.transpose(1, 2), z2], dim=1)).transpose(1, 2)  # (B, H, d)
         if self.residual:
-            out = out + cond[..., : self.n_channels]  # + z_mix
+            z_mix = cond[..., : self.n_channels]
+            out = torch.cat([out[..., : self.n_channels] + z_mix, out[..., self.n_channels :]], dim=-1)
         return out
 
 
@@ -246,8 +252,9 @@ class PerChannelDenoiser(nn.Module):
         b, h, c = x.shape
         # (B, H, G * C) -> (B, C, H, G) -> (B * C, H, G): series (b, ch) keeps the G values of its channel
         cond_s = cond.reshape(b, h, self.groups, c).permute(0, 3, 1, 2).reshape(b * c, h, self.groups)
-        out = self.net(_to_series(x), k.repeat_interleave(c), cond_s)
-        return _from_series(out, c)
+        out = self.net(_to_series(x), k.repeat_interleave(c), cond_s)  # (B * C, H, out_groups)
+        g = out.shape[-1]
+        return out.reshape(b, c, h, g).permute(0, 2, 3, 1).reshape(b, h, g * c)  # group-major, like cond
 
 
 def condition_network(n_channels: int, lookback: int, horizon: int, *, hidden: int = 256, n_blocks: int = 2,
@@ -262,7 +269,7 @@ def condition_network(n_channels: int, lookback: int, horizon: int, *, hidden: i
 def denoising_network(n_channels: int, horizon: int, cond_channels: int, *, hidden: int = 256, n_proj_blocks: int = 2,
                       n_encoder_blocks: int = 2, n_decoder_blocks: int = 2, step_sinusoid_dim: int = 128,
                       step_hidden_dim: int = 128, dropout: float = 0.1, residual: bool = True,
-                      channel_independent: bool = False) -> nn.Module:
+                      channel_independent: bool = False, out_groups: int = 1) -> nn.Module:
     """The denoiser for ``n_channels`` variables and a condition of ``cond_channels`` channels
     (``G * n_channels``, ``G`` groups such as ``[z_mix, z_ar]``): a :class:`TimeDiffDenoiser` over all
     variables, or (channel independence) a univariate one shared by every variable, which sees the ``G``
@@ -273,7 +280,7 @@ def denoising_network(n_channels: int, horizon: int, cond_channels: int, *, hidd
     net = TimeDiffDenoiser(net_c, horizon, cond_channels // n_channels * net_c, hidden=hidden,
                            n_proj_blocks=n_proj_blocks, n_encoder_blocks=n_encoder_blocks,
                            n_decoder_blocks=n_decoder_blocks, step_sinusoid_dim=step_sinusoid_dim,
-                           step_hidden_dim=step_hidden_dim, dropout=dropout, residual=residual)
+                           step_hidden_dim=step_hidden_dim, dropout=dropout, residual=residual, out_groups=out_groups)
     return PerChannelDenoiser(net) if channel_independent else net
 
 

@@ -11,15 +11,25 @@ Steps (config: ``conf/forecast.yaml``):
    non-overlapping targets), at most ``eval.max_windows`` spread evenly over the split.
 4. Sample ``eval.num_samples`` (10, as the paper) forecasts per window with every entry of
    ``eval.solvers`` (DPM-Solver++ with few steps, and 100-step ancestral DDPM) through the shared
-   DiffusionSampler (:func:`tsdiff.sampling.forecast.sample_forecasts`). MSE/MAE score the sample mean (the paper's protocol); CRPS and an 80% interval
-   (10%-90% sample quantiles: coverage and width) use the whole sample set.
+   DiffusionSampler (:func:`tsdiff.sampling.forecast.sample_forecasts`). MSE/MAE score the sample mean
+   (the paper's protocol); ``mse_cmean`` / ``mae_cmean`` score the conditional-mean point forecast (the
+   mean of the solver's first x0-predictions, free of the samples' ``var / S`` noise); the ensemble CRPS, 50/80/95% interval coverage and width, and the PIT histogram
+   with its flatness use the whole sample set (:func:`tsdiff.metrics.forecasting.probabilistic_scores`).
+   With ``eval.calibration.solver`` set, that solver also samples ``eval.calibration.max_windows`` val
+   windows, which gives two more rows: ``+gauss`` (TimeDiff's conditional mean plus a Gaussian with its val
+   residual std: the reference of every ``crps_skill``) and ``+spread_cal`` (the samples rescaled on val:
+   POST-HOC calibration, :mod:`tsdiff.models.forecast_calibration`).
 5. Fit and score every entry of ``baselines`` (seasonal naive, the AR model alone, DLinear) on the same
-   windows; their CRPS is that of a one-member ensemble (= MAE).
+   windows; point baselines have no distribution (their CRPS is MAE); baselines with ``sample`` (the
+   ``ResidualEnsemble`` wrappers: DLinear + Gaussian residuals, seasonal naive + bootstrapped residuals)
+   are scored as ensembles of ``eval.num_samples`` members, MSE/MAE on their point forecast.
 6. Optionally (``timing.horizons``; ``timing_only=true`` skips steps 2-5) time TimeDiff's samplers for several horizons like the paper's
    Table 8, with an untrained model of the same size (time does not depend on the weights).
 
 Everything is scored in the datamodule's standardized space (as the paper's tables). The result table
-is printed and written atomically to ``<output_dir>/forecast.json``.
+is printed and written atomically to ``<output_dir>/forecast.json``; ``fan_chart`` in it holds the median,
+the 50/80/95% bands and the truth of ``eval.fan_chart.windows`` test windows (the figure is
+``fanchart.png`` next to it, :func:`tsdiff.viz.fanchart.plot_fan_chart`).
 """
 
 from __future__ import annotations
@@ -40,22 +50,17 @@ from tsdiff.sampling.forecast import sample_forecasts
 
 log = logging.getLogger("tsdiff")
 
-__all__ = ["run", "format_table", "interval_stats"]
-
-
-def interval_stats(samples: np.ndarray, target: np.ndarray, level: float = 0.8) -> dict[str, float]:
-    """Empirical central prediction interval of the sample set: coverage and mean width."""
-    lo_q, hi_q = (1.0 - level) / 2.0, 1.0 - (1.0 - level) / 2.0
-    lo, hi = np.quantile(samples, [lo_q, hi_q], axis=0)
-    inside = (target >= lo) & (target <= hi)
-    return {f"pi{int(level * 100)}_coverage": float(inside.mean()), f"pi{int(level * 100)}_width": float((hi - lo).mean())}
+__all__ = ["run", "format_table"]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Fixed-width text table of the result rows."""
-    cols = [("method", "{:<22}"), ("mse", "{:>8.4f}"), ("mae", "{:>8.4f}"), ("crps", "{:>8.4f}"),
-            ("pi80_coverage", "{:>8.3f}"), ("ms_per_window", "{:>10.2f}"), ("nfe", "{:>5}")]
-    head = "{:<22}{:>8}{:>8}{:>8}{:>8}{:>10}{:>5}".format("method", "MSE", "MAE", "CRPS", "PI80cov", "ms/window", "NFE")
+    cols = [("method", "{:<30}"), ("mse", "{:>8.4f}"), ("mse_cmean", "{:>8.4f}"), ("mae", "{:>8.4f}"), ("crps", "{:>8.4f}"),
+            ("crps_skill", "{:>7.3f}"), ("pi50_coverage", "{:>6.3f}"), ("pi80_coverage", "{:>6.3f}"),
+            ("pi95_coverage", "{:>6.3f}"), ("pit_flatness", "{:>7.3f}"), ("ms_per_window", "{:>10.2f}"),
+            ("nfe", "{:>5}")]
+    head = "{:<30}{:>8}{:>8}{:>8}{:>8}{:>7}{:>6}{:>6}{:>6}{:>7}{:>10}{:>5}".format(
+        "method", "MSE", "MSE(cm)", "MAE", "CRPS", "skill", "PI50", "PI80", "PI95", "PITtv", "ms/window", "NFE")
     lines = [head, "-" * len(head)]
     for row in rows:
         cells = []
@@ -71,10 +76,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _metrics():
-    # the shared forecasting metrics (MSE/MAE of the sample mean, ensemble CRPS)
-    from tsdiff.metrics.forecasting import crps_ensemble, mae, mse  # noqa: PLC0415
+    # the shared forecasting metrics (MSE/MAE of the sample mean, ensemble CRPS, intervals, PIT)
+    from tsdiff.metrics.forecasting import mae, mse, probabilistic_scores  # noqa: PLC0415
 
-    return mse, mae, crps_ensemble
+    return mse, mae, probabilistic_scores
 
 
 def _build_or_load_model(cfg: DictConfig, dm, out_dir: Path) -> tuple[Any, dict[str, Any]]:
@@ -123,37 +128,82 @@ def _plain(node: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
-def _score_samples(samples: np.ndarray, future: np.ndarray) -> dict[str, float]:
-    mse, mae, crps = _metrics()
-    return {"mse": float(mse(samples, future)), "mae": float(mae(samples, future)),
-            "crps": float(crps(samples, future)), **interval_stats(samples, future)}
+def _score_samples(samples: np.ndarray, future: np.ndarray, seed: int, point: np.ndarray | None = None) -> dict[str, Any]:
+    """MSE/MAE of ``point`` (default: the sample mean) and the ensemble's probabilistic scores."""
+    mse, mae, prob = _metrics()
+    point = samples if point is None else point
+    return {"mse": float(mse(point, future)), "mae": float(mae(point, future)), **prob(samples, future, seed=seed)}
 
 
-def _eval_timediff(model, lookback: np.ndarray, future: np.ndarray, cfg: DictConfig) -> list[dict[str, Any]]:
-    ev = cfg.eval
+def _sample(model, lookback: np.ndarray, cfg: DictConfig, spec: Any) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Samples ``(S, N, H, C)``, the conditional-mean point forecast ``(N, H, C)`` (mean of the first
+    x0-predictions) and the sampler stats."""
+    samples, first, stats = sample_forecasts(
+        model, lookback, num_samples=int(cfg.eval.num_samples), solver=str(spec.solver), steps=int(spec.steps),
+        seed=int(cfg.seed), sample_batch_size=int(cfg.eval.sample_batch_size),
+        solver_kwargs=_plain(spec.get("solver_kwargs")), return_stats=True, return_first_x0=True,
+    )
+    return samples.detach().cpu().numpy(), first.mean(0).detach().cpu().numpy(), stats
+
+
+def _calibration_rows(model, dm, cfg: DictConfig, name: str, spec: Any, test_samples: np.ndarray, point: np.ndarray,
+                      future: np.ndarray) -> list[dict[str, Any]]:
+    """The Gaussian-residual reference (TimeDiff's conditional-mean point forecast ``point`` + N(0, its val
+    residual std^2)) and the POST-HOC spread calibration of ``name``'s samples, both fitted on val windows."""
+    from tsdiff.models.forecast_calibration import apply_spread, gaussian_ensemble, residual_std, spread_factors  # noqa: PLC0415
+
+    cal = cfg.eval.calibration
+    val_lb, val_fu = dm.arrays("val", stride=cal.get("stride"), max_windows=cal.get("max_windows"))
+    val_samples, val_point, _ = _sample(model, val_lb, cfg, spec)
+    seed = int(cfg.seed)
+    gauss = gaussian_ensemble(point, residual_std(val_point, val_fu), int(cfg.eval.num_samples), seed=seed)
+    calibrated = apply_spread(test_samples, spread_factors(val_samples, val_fu))
+    base = {"kind": "timediff_calibrated", "solver": str(spec.solver), "steps": int(spec.steps), "nfe": None,
+            "calibration_windows": int(len(val_lb))}
+    return [{"method": f"timediff[{name}]+gauss", **base, **_score_samples(gauss, future, seed, point=point),
+             "note": "reference: TimeDiff's conditional-mean forecast + Gaussian with its val residual std per step and variable"},
+            {"method": f"timediff[{name}]+spread_cal", **base, **_score_samples(calibrated, future, seed),
+             "note": "POST-HOC calibration: deviations from the sample mean rescaled on val windows"}]
+
+
+def _eval_timediff(model, dm, lookback: np.ndarray, future: np.ndarray, cfg: DictConfig) -> tuple[list[dict[str, Any]], dict]:
+    """Rows of every solver (+ the calibration rows of ``eval.calibration.solver``) and the samples kept for
+    the fan chart (those of ``eval.fan_chart.solver``)."""
     # warm-up (allocator, kernels) before anything is timed
     sample_forecasts(model, lookback[:2], num_samples=2, solver="ddpm", steps=2, seed=int(cfg.seed))
-    rows = []
+    rows, kept = [], {}
+    cal_solver = (cfg.eval.get("calibration") or {}).get("solver")
+    fan_solver = (cfg.eval.get("fan_chart") or {}).get("solver")
+    for key, value in (("calibration", cal_solver), ("fan_chart", fan_solver)):
+        if value and value not in _solvers(cfg):
+            raise ValueError(f"eval.{key}.solver={value!r} is not an entry of eval.solvers ({', '.join(_solvers(cfg))}); "
+                             f"name one of them or set eval.{key}.solver=null")
     for name, spec in _solvers(cfg).items():
-        samples, stats = sample_forecasts(
-            model, lookback, num_samples=int(ev.num_samples), solver=str(spec.solver), steps=int(spec.steps),
-            seed=int(cfg.seed), sample_batch_size=int(ev.sample_batch_size),
-            solver_kwargs=_plain(spec.get("solver_kwargs")), return_stats=True,
-        )
-        arr = samples.detach().cpu().numpy()
-        rows.append({
+        arr, cmean, stats = _sample(model, lookback, cfg, spec)
+        mse, mae, _ = _metrics()
+        rows.append({"mse_cmean": float(mse(cmean, future)), "mae_cmean": float(mae(cmean, future)),
             "method": f"timediff[{name}]", "kind": "timediff", "solver": str(spec.solver), "steps": int(spec.steps),
             "nfe": int(stats.network_evaluations), "wall_s": float(stats.wall_time_s),
-            "ms_per_window": 1000.0 * stats.wall_time_s / len(lookback), **_score_samples(arr, future),
+            "ms_per_window": 1000.0 * stats.wall_time_s / len(lookback), **_score_samples(arr, future, int(cfg.seed)),
         })
-        log.info("%s: mse %.4f in %.2f s", rows[-1]["method"], rows[-1]["mse"], stats.wall_time_s)
-    return rows
+        log.info("%s: mse %.4f crps %.4f pi80 %.3f in %.2f s", rows[-1]["method"], rows[-1]["mse"], rows[-1]["crps"],
+                 rows[-1]["pi80_coverage"], stats.wall_time_s)
+        if name == cal_solver:
+            cal_rows = _calibration_rows(model, dm, cfg, name, spec, arr, cmean, future)
+            ref = cal_rows[0]["crps"]
+            for row in (rows[-1], *cal_rows):
+                row["crps_skill"] = 1.0 - row["crps"] / ref
+                row.setdefault("ms_per_window", rows[-1]["ms_per_window"])  # the solver's sampling cost
+            rows += cal_rows
+        if name == fan_solver:
+            kept = {"method": f"timediff[{name}]", "samples": arr}
+    return rows, kept
 
 
 def _eval_baselines(cfg: DictConfig, dm, lookback: np.ndarray, future: np.ndarray) -> list[dict[str, Any]]:
     from hydra.utils import instantiate  # noqa: PLC0415
 
-    mse, mae, crps = _metrics()
+    mse, mae, _ = _metrics()
     rows = []
     for key, bcfg in (cfg.get("baselines") or {}).items():
         if bcfg is None:
@@ -164,14 +214,46 @@ def _eval_baselines(cfg: DictConfig, dm, lookback: np.ndarray, future: np.ndarra
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
         pred = forecaster.predict(lookback)
+        if hasattr(forecaster, "sample"):  # a probabilistic baseline: an ensemble like TimeDiff's
+            samples = forecaster.sample(lookback, int(cfg.eval.num_samples), seed=int(cfg.seed))
+            scores = _score_samples(samples, future, int(cfg.seed), point=pred)
+        else:
+            scores = {"mse": float(mse(pred, future)), "mae": float(mae(pred, future)), "crps": float(mae(pred, future))}
         pred_s = time.perf_counter() - start
-        rows.append({
-            "method": str(getattr(forecaster, "name", key)), "kind": "baseline", "fit_s": fit_s,
-            "ms_per_window": 1000.0 * pred_s / len(lookback), "nfe": None,
-            "mse": float(mse(pred, future)), "mae": float(mae(pred, future)), "crps": float(crps(pred[None], future)),
-            "pi80_coverage": None,
-        })
+        rows.append({"method": str(getattr(forecaster, "name", key)), "kind": "baseline", "fit_s": fit_s,
+                     "ms_per_window": 1000.0 * pred_s / len(lookback), "nfe": None, **scores})
     return rows
+
+
+def _fan_chart(cfg: DictConfig, dm, lookback: np.ndarray, future: np.ndarray, kept: dict, out_dir: Path) -> dict:
+    """Median, 50/80/95% bands and truth of a few evenly spread test windows of one variable (JSON-ready),
+    drawn to ``<out_dir>/fanchart.png``."""
+    from tsdiff.metrics.forecasting import ensemble_interval  # noqa: PLC0415
+    from tsdiff.viz.fanchart import plot_fan_chart  # noqa: PLC0415
+
+    fc = cfg.eval.fan_chart
+    channel = int(fc.get("channel", -1)) % future.shape[-1]
+    n = min(int(fc.windows), len(future))
+    picks = np.unique(np.linspace(0, len(future) - 1, n).round().astype(int))
+    x = kept["samples"][:, picks][..., channel]  # (S, n, H)
+    bands = {}
+    for level in (0.5, 0.8, 0.95):
+        lo, hi = ensemble_interval(x, level)
+        bands[f"{round(100 * level)}"] = {"lo": lo.tolist(), "hi": hi.tolist()}
+    history = min(int(fc.get("history") or dm.lookback), dm.lookback)
+    names = getattr(dm, "channel_names", None) or []
+    data = {
+        "method": kept["method"], "channel": channel, "channel_name": names[channel] if len(names) > channel else str(channel),
+        "window_index": picks.tolist(), "history": lookback[picks, -history:, channel].tolist(),
+        "truth": future[picks, :, channel].tolist(), "median": np.median(x, axis=0).tolist(), "bands": bands,
+        "space": "datamodule-standardized",
+    }
+    fig = plot_fan_chart(data, title=f"{dm.name}: {data['method']}, variable {data['channel_name']}")
+    data["figure"] = str(write_result(out_dir / "fanchart.png", fig))
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    plt.close(fig)
+    return data
 
 
 def _timing_table(cfg: DictConfig, dm) -> list[dict[str, Any]]:
@@ -246,7 +328,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             model, result["timediff"] = _build_or_load_model(cfg, dm, out_dir)
             result["timediff"]["num_parameters"] = int(sum(p.numel() for p in model.parameters()))
             result["timediff"]["channel_independent"] = bool(getattr(model.hparams, "channel_independent", False))
-            rows += _eval_timediff(model, lookback, future, cfg)
+            td_rows, kept = _eval_timediff(model, dm, lookback, future, cfg)
+            rows += td_rows
+            if kept:
+                result["fan_chart"] = _fan_chart(cfg, dm, lookback, future, kept, out_dir)
         rows += _eval_baselines(cfg, dm, lookback, future)
     result["rows"] = rows
     td = {r["method"]: r for r in rows if r["kind"] == "timediff"}
