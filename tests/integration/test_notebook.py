@@ -67,7 +67,7 @@ def test_documented_html_export_executes_the_notebook_on_saved_runs(runs, tmp_pa
     assert "swd_vs_test" in html and "predictive" in html  # evaluate.py scores joined to the model row
     assert "-- ablation" in html and "no_feedback" in html  # the saved ablation is found and tabulated
     assert "cache vs fewer steps (rel. L2 to uncached)" in html  # the benchmark's equal-time comparisons
-    assert "seasonal_naive" in html and "crps" in html  # the forecast table with its baselines
-    # figures: series grid, spectra, embedding, a Pareto plot per comparison (inline PNGs of the static page)
-    assert html.count("data:image/png;base64") >= 6
+    assert "seasonal_naive" in html and "crps" in html and "pi95_coverage" in html  # the forecast table with its baselines
+    # figures: series grid, spectra, embedding, a Pareto plot per comparison, the fan chart (inline PNGs)
+    assert html.count("data:image/png;base64") >= 7
     assert list(runs_dir.glob("*/samples/*/samples_vs_real.png"))  # the figure is also saved beside the samples

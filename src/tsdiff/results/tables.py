@@ -225,8 +225,9 @@ def generation_table(results: Iterable[Result], runs_dir: str | os.PathLike) -> 
 
 def forecast_table(results: Iterable[Result]) -> list[dict[str, Any]]:
     """Forecast scores across data sets: one row per (data set, horizon, method), TimeDiff and the
-    baselines alike, with MSE, MAE, CRPS and 80 % interval coverage (``None`` for point forecasts)."""
-    keep = ("mse", "mae", "crps", "pi80_coverage", "ms_per_window")
+    baselines alike, with MSE, MAE, CRPS (and its skill), 50/80/95 % interval coverage (``None`` for point
+    forecasts) and time per window."""
+    keep = ("mse", "mae", "crps", "crps_skill", "pi50_coverage", "pi80_coverage", "pi95_coverage", "ms_per_window")
     return [{"dataset": r["dataset"], "horizon": r.get("horizon"), "method": r.get("method"), "kind": r.get("kind"),
              **{k: r.get(k) for k in keep}} for r in forecast_rows(results)]
 
