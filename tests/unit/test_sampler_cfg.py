@@ -75,4 +75,3 @@ def test_guidance_is_built_from_the_config(model):
     OmegaConf.update(cfg, "sampler.guidance", {"_target_": f"{__name__}.constant_x0", "_partial_": True, "value": 5.0}, force_add=True)
     out = build_sampler(cfg, model, "cpu").sample(2, 3, seed=0)
     torch.testing.assert_close(out, torch.full_like(out, 5.0))
-
