@@ -96,9 +96,7 @@ def test_the_docs_hold_commands_of_every_entry_point():
 
 # Commands a page quotes as the record of an older measurement, which the current config no longer accepts. Each
 # is expected to FAIL (strict): when its page is fixed the entry must go. Owner: the page's author.
-STALE = {
-    ("e2crf.md", "sweeps.K=[]"): "the pre-split check (b57bb51) of docs/e2crf.md: conf/benchmark_cache.yaml has no sweeps.K now",
-}
+STALE: dict[tuple[str, str], str] = {}
 
 
 def _params():
@@ -172,7 +170,4 @@ def test_every_relative_link_of_the_docs_points_at_a_file_and_heading_that_exist
             dest = (page.parent / file).resolve() if file else page
             if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in _anchors(dest)):
                 broken.append(f"{page.name}: {target}")
-    # known broken links: a page linking to itself as `docs/<page>` (text moved there from the README; owners: the
-    # cache and timediff helpers). When one is fixed, its entry must go
-    known = {"e2crf.md: docs/e2crf.md", "timediff.md: docs/timediff.md"}
-    assert set(broken) == known, sorted(set(broken) ^ known)
+    assert not broken, sorted(broken)
