@@ -204,6 +204,6 @@ class ValForecastMSE(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             mse, crps = self.forecast_scores(pl_module, *pl_module.selection_windows)
-            pl_module.log("val/forecast_mse", mse)
-            pl_module.log("val/forecast_crps", crps)
+            pl_module.log("val/forecast_mse", mse, sync_dist=True)
+            pl_module.log("val/forecast_crps", crps, sync_dist=True)
 

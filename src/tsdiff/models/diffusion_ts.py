@@ -174,7 +174,7 @@ class DiffusionTS(pl.LightningModule):
         x = self._batch_x(batch)
         gen = torch.Generator(device=x.device).manual_seed(1000 + batch_idx)  # comparable across epochs
         loss = self.diffusion_loss(x, generator=gen)
-        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(x))
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(x), sync_dist=True)
         return loss
 
     def configure_optimizers(self):

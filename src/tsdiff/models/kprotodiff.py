@@ -84,5 +84,5 @@ class KProtoDiff(DiffusionTS):
     def validation_step(self, batch, batch_idx):
         loss = super().validation_step(batch, batch_idx)
         x = self._batch_x(batch)
-        self.log("val/kpl_recon", self.kpl.loss(x)["recon"], on_epoch=True, batch_size=len(x))
+        self.log("val/kpl_recon", self.kpl.loss(x)["recon"], on_epoch=True, batch_size=len(x), sync_dist=True)
         return loss

@@ -342,7 +342,7 @@ class L2DDiff(pl.LightningModule):
         x = self._x(batch)
         stage = self.stage_at(max(int(self.global_step) - 1, 0))  # the stage the last step trained
         loss = self.stage_loss(stage, x, self._generator("val", 1))
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(x))
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(x), sync_dist=True)
         return loss
 
     def configure_optimizers(self):

@@ -273,7 +273,7 @@ class TimeDiff(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch, self._generator("val", 1))
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["future"].shape[0])
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["future"].shape[0], sync_dist=True)
         return loss
 
     @property
