@@ -164,8 +164,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             samples, stats = sample_in_shards(sampler, int(cfg.num_samples), int(cfg.num_diffusion_steps), int(cfg.seed),
                                               int(shard_size), ctx)
         finally:
-            if not ctx.is_main:
-                ctx.close()
+            ctx.close()  # every rank: after the gather rank 0 evaluates and writes alone, without the group
         if not ctx.is_main:  # rank 0 evaluates and writes; the others are done
             return {"run_id": run_dir.name, "rank": ctx.rank, "world_size": ctx.world_size}
     fake = samples.float().cpu().numpy()

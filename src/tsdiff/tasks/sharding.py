@@ -87,6 +87,10 @@ def sample_in_shards(sampler, num_samples: int, steps: int, seed: int, shard_siz
     if ctx.world_size > 1:
         gathered: list[Any] = [None] * ctx.world_size
         torch.distributed.all_gather_object(gathered, local)  # small: the samples of one command, once
+        # every rank passes this point only when the gather is complete on all of them, so the group can be torn
+        # down at once on every rank (a rank that tore it down while a peer still had the gather in flight
+        # aborted with gloo: "terminate called without an active exception", seen in CI)
+        torch.distributed.barrier()
     else:
         gathered = [local]
     if not ctx.is_main:
