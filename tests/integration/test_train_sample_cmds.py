@@ -71,6 +71,10 @@ def test_train_then_sample_writes_run_and_samples(runs_dir, extra):
     for vals in quality["sets"].values():
         assert vals["context_fid"]["mean"] >= 0 and len(vals["discriminative"]["runs"]) == 2
     assert set(quality["beats_gaussian"]) == {"context_fid", "discriminative"}
+    # the spectrum, which Context-FID cannot see, is scored against the same training windows
+    spectral = quality["spectral_vs_training"]
+    assert set(spectral) == {"model", "gaussian", "held_out"} and all(np.isfinite(v) and v >= 0 for v in spectral.values())
+    assert "spectral density distance to the training windows" in quality["text"]
     assert saved["sampling"]["network_evaluations"] == 5
 
 
