@@ -14,17 +14,12 @@ from tsdiff.models.score_models import ScoreModule
 from tsdiff.nets.score_nets import LSTMScoreNet, TransformerScoreNet
 from tsdiff.sampling import DiffusionSampler
 from tsdiff.sampling.denoiser import as_diffusion_model
+from shared_fixtures import one_thread  # noqa: F401  (fixture)
 
 L, C, STEPS = 16, 2, 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls when the CPU is shared with other processes."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (shared_fixtures)
 
 
 def _model(lstm=False, fourier=True, length=L, seed=0):

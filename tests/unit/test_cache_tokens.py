@@ -12,17 +12,13 @@ from tsdiff.diffusion.schedules import VPSDE
 from tsdiff.models.score_models import ScoreModule
 from tsdiff.nets.score_nets import TransformerScoreNet
 from tsdiff.sampling import DiffusionSampler
+from shared_fixtures import one_thread  # noqa: F401  (fixture)
 
 L, C, STEPS, P = 22, 2, 12, 3  # 8 tokens of 3 positions (the last one padded)
 LOOSE = {"tau_0": 0.5, "K": 1, "R": 5, "random_probe_ratio": 0.1, "tau_warn": 5.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (shared_fixtures)
 
 
 def _model(patch=P, fourier=True, seed=0):
