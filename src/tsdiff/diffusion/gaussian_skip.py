@@ -77,15 +77,13 @@ class GaussianSkip(nn.Module):
         denom = lam + s2[:, None]
         return lam / denom, lam * s2[:, None] / denom
 
-    def posterior(self, centred: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(E[x0 | x~] - m, std[x0 | x~])``, both shaped like ``centred``."""
-        shape = centred.shape
+    def posterior_mean(self, centred: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        """``E[x0 | x~] - m``, shaped like ``centred`` (the std is :meth:`posterior_std`, computed once per call
+        of the denoiser's preconditioning, not here)."""
         basis = self.basis.to(centred.dtype)
-        gain, var = self._gains(s2.to(centred.dtype))
-        coeff = centred.reshape(shape[0], -1) @ basis
-        mean = (gain * coeff) @ basis.T
-        std = ((basis**2) @ var.T).T.clamp_min(0).sqrt()
-        return mean.reshape(shape), std.reshape(shape)
+        gain, _ = self._gains(s2.to(centred.dtype))
+        coeff = centred.reshape(len(centred), -1) @ basis
+        return ((gain * coeff) @ basis.T).reshape(centred.shape)
 
     def posterior_std(self, s2: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         """``std[x0 | x~]`` per component, shape ``(B, *shape)``."""

@@ -200,7 +200,7 @@ class ScoreModule(pl.LightningModule):
             return c_skip * x_centred
         alpha, sigma = self.schedule.alpha_sigma(t)
         s2 = (sigma.to(x_centred.dtype) / alpha.to(x_centred.dtype)).reshape(-1) ** 2
-        return self.gaussian_skip.posterior(x_centred, s2.expand(len(x_centred)))[0]
+        return self.gaussian_skip.posterior_mean(x_centred, s2.expand(len(x_centred)))
 
     def output_sensitivity(self, t: torch.Tensor, ndim: int = 3, *, alpha_sigma: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """How much an error in the network output ``F`` at times ``t`` moves the final sample, per
