@@ -16,6 +16,8 @@ Optional, each declared by offering the method (a structural check, :func:`decla
 * ``cache_interface()`` (:class:`DeclaresCache`) -- what a cache policy may use
   (:class:`~tsdiff.caching.interface.CacheInterface`); without it caches reuse whole denoiser outputs;
 * ``default_solver`` (:class:`PrefersSolver`) -- the solver name a sampler uses for ``solver="auto"``;
+* ``default_steps`` (a positive int attribute, :func:`preferred_steps`) -- the number of steps a sampler
+  takes when it is given none (``sampler=auto`` in the commands);
 * ``cascade_stages()`` (:class:`Cascades`) -- a list of :class:`Stage` s: the model is sampled as a cascade,
   each stage a diffusion model of its own whose (decoded) sample becomes the next stage's condition
   (L2D-Diff: latent code, then the series); :func:`tsdiff.tasks.sampler_cfg.build_sampler` then builds a
@@ -66,6 +68,14 @@ class DeclaresCache(Protocol):
 @runtime_checkable
 class PrefersSolver(Protocol):
     default_solver: str
+
+
+def preferred_steps(model: Any) -> int | None:
+    """The model's ``default_steps`` if it declares a positive integer one, else None."""
+    steps = getattr(model, "default_steps", None)
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
+        return steps
+    return None
 
 
 @dataclass
