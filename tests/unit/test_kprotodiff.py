@@ -242,3 +242,20 @@ def test_sampler_draws_the_codes_from_the_seed():
     drawn.clear()
     s.sample(5, 4, seed=3, cond=torch.zeros(5, 2, dtype=torch.long))    # a caller's cond: nothing drawn
     assert drawn == []
+
+
+def test_calibrated_pull_target_shrinks_only_residuals_larger_than_real_windows():
+    model = _kprotodiff()
+    windows = torch.randn(20, 8, 2)
+    recon = model.kpl.project(windows)
+    torch.testing.assert_close(model.project_x0(windows), recon)            # uncalibrated: the reconstruction
+    level = model.calibrate(windows)
+    shares = model._residual_share(windows, recon)
+    assert level == pytest.approx(float(shares.mean()), rel=1e-5)
+    target = model.project_x0(windows)
+    low = shares <= level
+    assert low.any() and (~low).any()
+    torch.testing.assert_close(target[low], windows[low])                   # as prototype-like as real data: kept
+    hi = windows[~low]                                                      # the rest: residual = level x own variance
+    var = (hi - hi.mean(1, keepdim=True)).pow(2).sum((1, 2))
+    torch.testing.assert_close((target[~low] - recon[~low]).pow(2).sum((1, 2)) / var, torch.full_like(var, level))

@@ -78,6 +78,14 @@ class KProtoDiff(DiffusionTS):
         self.code_scale = kpl.segments.index(1)
         # running (decayed) counts of the joint codes of the training windows: the prior draw_condition samples
         self.register_buffer("code_counts", torch.zeros(kpl.n_prototypes ** kpl.n_bands))
+        # mean share of a training window's variance its prototype reconstruction leaves unexplained (set when
+        # training ends, :meth:`calibrate`): how far R-Sampling may pull an estimate (NaN: not calibrated)
+        self.register_buffer("residual_level", torch.tensor(float("nan")))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # runs saved before the calibration existed: uncalibrated pull (the full prototype reconstruction)
+        state_dict.setdefault(prefix + "residual_level", torch.tensor(float("nan")))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def on_datamodule_ready(self, datamodule) -> None:
         """Called by the train task before fitting: data statistics, and the banks start at training snippets."""
@@ -125,10 +133,38 @@ class KProtoDiff(DiffusionTS):
                 codes = codes.masked_fill(drop.unsqueeze(1), -1)
         return codes
 
+    def _residual_share(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=1, keepdim=True)
+        return (recon - x).pow(2).sum(dim=(1, 2)) / centred.pow(2).sum(dim=(1, 2)).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def calibrate(self, windows: torch.Tensor, batch_size: int = 2048) -> float:
+        """Set ``residual_level``: the mean unexplained-variance share of the prototype reconstruction over
+        clean ``windows`` ``(N, L, C)``; returns it."""
+        shares = [self._residual_share(w, self.kpl.project(w)) for w in windows.to(self.code_counts.device).split(batch_size)]
+        self.residual_level.fill_(float(torch.cat(shares).mean()))
+        return float(self.residual_level)
+
+    def on_train_end(self) -> None:
+        """Runs after the EMA callback copied the averaged weights in: calibrate on the training windows."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "train_array"):
+            self.calibrate(torch.from_numpy(datamodule.train_array("train")).float())
+
     def project_x0(self, x0: torch.Tensor) -> torch.Tensor:
-        """The prototype reconstruction of an estimate ``x0`` ``(B, L, C)`` (averaged over scales): where
-        R-Sampling pulls (:mod:`tsdiff.sampling.reflection`)."""
-        return self.kpl.project(x0)
+        """Where R-Sampling pulls an estimate ``x0`` ``(B, L, C)`` (:mod:`tsdiff.sampling.reflection`): toward its
+        prototype reconstruction ``P(x0)`` (averaged over scales), but only as far as real windows are
+        explained. Calibrated target ``P + min(1, sqrt(level / share(x0))) (x0 - P)``: an estimate whose
+        residual share exceeds the training windows' mean ``level`` has its residual shrunk to that share of its own
+        variance;
+        one that is already as prototype-like as real data is left alone. (Pulling to ``P`` itself removed
+        detail real windows have: on energy, samples ended 0.29 unexplained vs 0.33 for real windows, and
+        C-FID rose 0.133 -> 0.211; docs/kprotodiff.md.) Uncalibrated runs (NaN level) pull to ``P``."""
+        recon = self.kpl.project(x0)
+        if torch.isnan(self.residual_level):
+            return recon
+        keep = (self.residual_level / self._residual_share(x0, recon).clamp_min(1e-12)).sqrt().clamp(max=1.0)
+        return recon + keep.view(-1, 1, 1) * (x0 - recon)
 
     # ------------------------------------------------------------------ training
     def extra_loss(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
