@@ -116,3 +116,26 @@ def test_e2crf_prices_the_gaussian_skip_and_matches_uncached_at_full_recompute(m
 
     torch.testing.assert_close(run({"R": 1, "mode": mode}), run(None), rtol=1e-4, atol=1e-5)
     assert torch.isfinite(run({"tau_0": 0.5, "R": 4, "mode": mode})).all()
+
+
+def test_auto_skip_is_gaussian_where_it_applies_and_diagonal_with_a_warning_elsewhere():
+    small = ScoreModule(n_channels=2, max_len=6, backbone=NET, noise_scheduler=VPSDE(), skip="auto")
+    assert small.skip == "gaussian" and small.gaussian_skip is not None
+    with pytest.warns(UserWarning, match="limit"):
+        big = ScoreModule(n_channels=MAX_DIM // 8 + 1, max_len=8, backbone=NET, noise_scheduler=VPSDE(), skip="auto")
+    assert big.skip == "diagonal" and big.gaussian_skip is None
+    with pytest.warns(UserWarning, match="parameterization"):
+        eps = ScoreModule(n_channels=2, max_len=6, backbone=NET, noise_scheduler=VPSDE(), skip="auto", parameterization="eps")
+    assert eps.gaussian_skip is None
+
+
+def test_the_models_default_steps_is_what_a_sampler_takes_when_given_none():
+    x = _correlated(n=50)
+    m = _model(x, default_steps=7)
+    sampler = DiffusionSampler(m, progress=False)
+    assert sampler.num_diffusion_steps == 7
+    _, stats = sampler.sample(3, seed=0, return_stats=True)
+    assert stats.num_steps == 7 and stats.network_evaluations == 7 * 1
+    assert DiffusionSampler(m, num_diffusion_steps=4, progress=False).sample(3, seed=0, return_stats=True)[1].num_steps == 4
+    with pytest.raises(ValueError, match="default_steps must be a positive integer"):
+        _model(x, default_steps=0)

@@ -48,6 +48,15 @@ def test_groups_choose_solver_steps_and_cache(model):
     assert isinstance(default.cache, NoCache) and default.solver_name == "euler_maruyama" and num_steps(_cfg()) == 100
 
 
+def test_sampler_auto_takes_the_models_default_steps_and_a_named_sampler_its_own(model):
+    net = functools.partial(TransformerScoreNet, d_model=8, num_layers=1, num_heads=2, dim_feedforward=16)
+    nine = ScoreModule(n_channels=2, max_len=8, backbone=net, noise_scheduler=VPSDE(), default_steps=9).eval()
+    assert num_steps(_cfg(), nine) == 9 and build_sampler(_cfg(), nine, "cpu").num_diffusion_steps == 9
+    assert build_sampler(_cfg(), model, "cpu").num_diffusion_steps == model.default_steps
+    assert build_sampler(_cfg("sampler=ddim"), nine, "cpu").num_diffusion_steps == 50
+    assert build_sampler(_cfg("sampler.steps=3"), nine, "cpu").num_diffusion_steps == 3
+
+
 def test_older_names_are_aliases(model):
     cfg = _cfg("solver=ddim", "num_diffusion_steps=7", "use_cache=true", "cache_kwargs.tau_0=0.3", "cache_kwargs.mode=step")
     s = build_sampler(cfg, model, "cpu")

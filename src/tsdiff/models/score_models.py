@@ -51,6 +51,7 @@ average (``net_ema.*`` keys) load with those averaged weights.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable
 
 import pytorch_lightning as pl
@@ -59,10 +60,21 @@ from torch import nn
 
 from tsdiff.caching.interface import CacheInterface, as_token_network
 from tsdiff.diffusion.fourier import noise_scale, unwhiten, whiten
-from tsdiff.diffusion.gaussian_skip import GaussianSkip
+from tsdiff.diffusion.gaussian_skip import MAX_DIM, GaussianSkip
 from tsdiff.diffusion.schedules import NoiseSchedule
 from tsdiff.models.callbacks import EMA
 from tsdiff.utils import append_dims
+
+
+def resolve_auto_skip(dim: int, parameterization: str, center: bool) -> str:
+    """``skip="auto"``: the Gaussian skip where it applies (x0 parameterization, centred, ``dim <= MAX_DIM``),
+    else EDM's diagonal skip, with a warning that names the reason."""
+    if parameterization == "x0" and center and dim <= MAX_DIM:
+        return "gaussian"
+    reason = (f"windows of {dim} values need a {dim} x {dim} covariance (limit {MAX_DIM})" if dim > MAX_DIM
+              else "it needs parameterization='x0' and center=true")
+    warnings.warn(f"score_model.skip=auto uses the diagonal skip: {reason}", stacklevel=3)
+    return "diagonal"
 
 
 class ScoreModule(pl.LightningModule):
@@ -79,9 +91,12 @@ class ScoreModule(pl.LightningModule):
         ema_decay: EMA of the weights used at inference (0 disables).
         default_solver: the solver a DiffusionSampler uses when none is named (the reference integrates
             the reverse SDE with Euler–Maruyama).
+        default_steps: the number of steps a DiffusionSampler takes when none is given (``sampler=auto``).
         center: precondition around the per-component training mean (see module docstring).
         data_std_floor: floor of ``data_std`` as a fraction of its rms over components.
-        skip: ``"diagonal"`` (EDM) or ``"gaussian"`` (full-covariance Gaussian denoiser, see module docstring).
+        skip: ``"diagonal"`` (EDM), ``"gaussian"`` (full-covariance Gaussian denoiser, see module docstring) or
+            ``"auto"``: gaussian when ``max_len x n_channels`` is at most
+            :data:`~tsdiff.diffusion.gaussian_skip.MAX_DIM` and the parameterization allows it, else diagonal.
     """
 
     def __init__(
@@ -97,6 +112,7 @@ class ScoreModule(pl.LightningModule):
         lr_warmup_steps: int = 100,
         ema_decay: float = 0.999,
         default_solver: str = "euler_maruyama",
+        default_steps: int = 100,
         parameterization: str = "x0",
         center: bool = True,
         data_std_floor: float = 0.01,
@@ -110,8 +126,12 @@ class ScoreModule(pl.LightningModule):
             raise ValueError(f"ScoreModule parameterization must be 'x0' (preconditioned) or 'eps', got '{parameterization}'")
         if not 0.0 < data_std_floor <= 1.0:
             raise ValueError(f"data_std_floor must lie in (0, 1] (a fraction of the data's rms std), got {data_std_floor}")
-        if skip not in ("diagonal", "gaussian"):
-            raise ValueError(f"skip must be 'diagonal' (EDM) or 'gaussian' (full-covariance), got '{skip}'")
+        if skip not in ("diagonal", "gaussian", "auto"):
+            raise ValueError(f"skip must be 'diagonal' (EDM), 'gaussian' (full-covariance) or 'auto', got '{skip}'")
+        if not isinstance(default_steps, int) or isinstance(default_steps, bool) or default_steps < 1:
+            raise ValueError(f"default_steps must be a positive integer, got {default_steps!r}")
+        if skip == "auto":
+            skip = resolve_auto_skip(max_len * n_channels, parameterization, center)
         if skip == "gaussian" and (parameterization != "x0" or not center):
             raise ValueError("skip='gaussian' needs parameterization='x0' and center=true (it is the posterior mean "
                              "of a Gaussian around the training mean); set score_model.skip=diagonal otherwise")
@@ -122,6 +142,8 @@ class ScoreModule(pl.LightningModule):
         self.fourier_transform = fourier_transform
         self.likelihood_weighting = likelihood_weighting
         self.default_solver = default_solver
+        self.default_steps = default_steps
+        self.skip = skip
         self.parameterization = parameterization
         self.sample_shape = (max_len, n_channels)
         self.register_buffer("noise_scale", noise_scale(max_len), persistent=False)

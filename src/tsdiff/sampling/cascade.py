@@ -52,6 +52,7 @@ class CascadeSampler:
                                  f"stages ({', '.join(s.name for s in stages)}), got {stage_steps}")
         self.stages = list(stages)
         self.stage_steps = stage_steps
+        self.num_diffusion_steps = sampler_kwargs.get("num_diffusion_steps")
         self.samplers = [DiffusionSampler(s.model, **sampler_kwargs) for s in self.stages]
         last = self.samplers[-1]
         self.cache, self.device, self.solver_name = last.cache, last.device, last.solver_name

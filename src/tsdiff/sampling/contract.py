@@ -19,6 +19,8 @@ Optional, each declared by offering the method (a structural check, :func:`decla
 * ``draw_condition(n, generator)`` (:class:`DrawsCondition`) -- the model's own per-sample ``cond`` drawn from
   a prior it learned (K-ProtoDiff: which key prototypes each sample is generated from); the sampler draws
   it, seeded, for every chunk that the caller gives no ``cond``;
+* ``default_steps`` (a positive int attribute, :func:`preferred_steps`) -- the number of steps a sampler
+  takes when it is given none (``sampler=auto`` in the commands);
 * ``cascade_stages()`` (:class:`Cascades`) -- a list of :class:`Stage` s: the model is sampled as a cascade,
   each stage a diffusion model of its own whose (decoded) sample becomes the next stage's condition
   (L2D-Diff: latent code, then the series); :func:`tsdiff.tasks.sampler_cfg.build_sampler` then builds a
@@ -74,6 +76,14 @@ class PrefersSolver(Protocol):
 @runtime_checkable
 class DrawsCondition(Protocol):
     def draw_condition(self, n: int, generator: torch.Generator | None = None) -> Any: ...
+
+
+def preferred_steps(model: Any) -> int | None:
+    """The model's ``default_steps`` if it declares a positive integer one, else None."""
+    steps = getattr(model, "default_steps", None)
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
+        return steps
+    return None
 
 
 @dataclass

@@ -26,7 +26,8 @@ import torch
 from tsdiff.caching.base import CachePolicy, NoCache
 from tsdiff.diffusion.parameterization import check_parameterization, eps_to_score, from_x0, to_x0
 from tsdiff.diffusion.schedules import NoiseSchedule
-from tsdiff.sampling.contract import DeclaresCache, Decodes, DrawsCondition, PrefersSolver, declares, missing_members
+from tsdiff.sampling.contract import (DeclaresCache, Decodes, DrawsCondition, PrefersSolver, declares, missing_members,
+                                      preferred_steps)
 
 
 @runtime_checkable
@@ -49,6 +50,8 @@ class DiffusionModelSpec:
     sample_shape: tuple[int, ...] | None = None
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
     default_solver: str | None = None
+    #: the model's preferred number of steps (``default_steps``), used when a sampler is given none
+    default_steps: int | None = None
     module: torch.nn.Module | None = None
     #: the model's ``cache_interface`` (None when it declares none: caches reuse whole outputs)
     cache_interface: Callable[[], Any] | None = None
@@ -83,6 +86,7 @@ def as_diffusion_model(
         sample_shape = sample_shape or model.sample_shape
         decode = model.decode if declares(model, Decodes) else None
         default_solver = model.default_solver if declares(model, PrefersSolver) else None
+        default_steps = preferred_steps(model)
         cache_interface = model.cache_interface if declares(model, DeclaresCache) else None
         draw_condition = model.draw_condition if declares(model, DrawsCondition) else None
         module = model if isinstance(model, torch.nn.Module) else None
@@ -91,7 +95,7 @@ def as_diffusion_model(
             raise ValueError("a bare denoiser needs schedule= and parameterization=")
         if not callable(denoiser):
             raise TypeError("denoiser must be callable as denoiser(x, t, cond)")
-        denoise, decode, default_solver = denoiser, None, None
+        denoise, decode, default_solver, default_steps = denoiser, None, None, None
         module = denoiser if isinstance(denoiser, torch.nn.Module) else None
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a tsdiff NoiseSchedule, got {type(schedule).__name__}")
@@ -103,6 +107,7 @@ def as_diffusion_model(
         sample_shape=tuple(sample_shape) if sample_shape is not None else None,
         decode=decode,
         default_solver=default_solver,
+        default_steps=default_steps,
         module=module,
         cache_interface=cache_interface,
         draw_condition=draw_condition,

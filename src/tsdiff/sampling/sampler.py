@@ -86,7 +86,8 @@ class DiffusionSampler:
             ``functools.partial`` with its options, as ``conf/sampler/*.yaml`` build it); ``"auto"`` (or None)
             uses the model's ``default_solver`` or ``ddpm``.
         solver_kwargs: options of the solver (``eta`` for DDIM, ``order`` for DPM-Solver++ / PF-ODE).
-        num_diffusion_steps: default number of steps (``sample`` may override it).
+        num_diffusion_steps: default number of steps (``sample`` may override it); None: the model's
+            ``default_steps`` when it declares one.
         time_spacing: ``"logsnr"`` (default) spaces the evaluation times evenly in
             ``lambda = log(alpha/sigma)``; ``"uniform"`` evenly in ``t``. Lu et al. 2022 recommend log-SNR
             for DPM-Solver; we use it for every solver because data whose components differ in scale by
@@ -142,7 +143,7 @@ class DiffusionSampler:
         if not isinstance(self.solver_name, str):
             self.solver_name = solver_label(self.solver_name)
         self.solver_kwargs = dict(solver_kwargs or {})
-        self.num_diffusion_steps = num_diffusion_steps
+        self.num_diffusion_steps = num_diffusion_steps if num_diffusion_steps is not None else self.spec.default_steps
         self.time_spacing = time_spacing
         self.sample_batch_size = sample_batch_size
         self.guidance = guidance
@@ -187,7 +188,8 @@ class DiffusionSampler:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         steps = num_diffusion_steps if num_diffusion_steps is not None else self.num_diffusion_steps
         if steps is None:
-            raise ValueError("num_diffusion_steps is required (pass it to sample() or to the sampler)")
+            raise ValueError("num_diffusion_steps is required (pass it to sample() or to the sampler; "
+                             "the model declares no default_steps)")
         if seed is not None and generator is not None:
             raise ValueError("give seed= or generator=, not both")
         shape = self._sample_shape(x_T)

@@ -161,15 +161,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     sampler = build_sampler(cfg, model, device)  # sampler/ and cache/ groups (tsdiff.tasks.sampler_cfg)
     cached = sampler.cache.name != "none"
+    steps = int(sampler.num_diffusion_steps)  # sampler=auto: the model's default_steps
     shard_size = cfg.get("shard_size")
     if shard_size is None and ctx.world_size > 1:
         shard_size = int(cfg.sample_batch_size)
     if shard_size is None:  # one process, one random stream (the default; every measured number used it)
-        samples, stats = sampler.sample(int(cfg.num_samples), int(cfg.num_diffusion_steps), seed=int(cfg.seed), return_stats=True)
+        samples, stats = sampler.sample(int(cfg.num_samples), steps, seed=int(cfg.seed), return_stats=True)
     else:
         sampler.progress = sampler.progress and ctx.is_main
         try:
-            samples, stats = sample_in_shards(sampler, int(cfg.num_samples), int(cfg.num_diffusion_steps), int(cfg.seed),
+            samples, stats = sample_in_shards(sampler, int(cfg.num_samples), steps, int(cfg.seed),
                                               int(shard_size), ctx)
         finally:
             ctx.close()  # every rank: after the gather rank 0 evaluates and writes alone, without the group
@@ -205,7 +206,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "run_id": run_dir.name,
         "sample_dir": str(out_dir),
         "num_samples": n,
-        "num_diffusion_steps": int(cfg.num_diffusion_steps),
+        "num_diffusion_steps": steps,
         "sampling": {**stats.as_dict(), "shard_size": shard_size, "world_size": ctx.world_size},
         "quality": quality,
         "metrics": metrics,
@@ -222,7 +223,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print("secondary, vs the TEST split (the split moves the distribution: these do not rank generators):")
     print(format_table(rows, ["set", "sliced_wasserstein", "marginal_wasserstein", "spectral_density_distance"]))
     print(
-        f"sampled {n} series x {int(cfg.num_diffusion_steps)} steps ({stats.solver}) in {stats.wall_time_s:.1f} s "
+        f"sampled {n} series x {steps} steps ({stats.solver}) in {stats.wall_time_s:.1f} s "
         f"= {stats.samples_per_s:.2f} samples/s; saved to {out_dir}",
         flush=True,
     )

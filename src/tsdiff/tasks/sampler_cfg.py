@@ -3,7 +3,8 @@
 
 * ``sampler.solver``: a solver function built by ``_target_`` + ``_partial_: true`` (with its options), or
   null for the model's default; the alias ``solver=<name>`` (+ ``solver_kwargs``) takes precedence.
-* ``sampler.steps``: the number of steps; the tasks read ``num_diffusion_steps``, which defaults to it.
+* ``sampler.steps``: the number of steps; the tasks read ``num_diffusion_steps``, which defaults to it;
+  null (``sampler=auto``) takes the model's ``default_steps`` (:func:`num_steps`).
 * ``sampler.guidance``: null or a ``_target_`` building a hook ``guidance(x0_hat, x_t, t, step)``.
 * ``sampler.stage_steps`` (optional): steps per stage of a cascaded model (one that declares
   ``cascade_stages()``, :class:`~tsdiff.sampling.contract.Cascades`), which gets a
@@ -19,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 NO_CACHE = "tsdiff.caching.NoCache"
+DEFAULT_STEPS = 100  # sampler=auto for a model that declares no default_steps
 E2CRF = "tsdiff.caching.E2CRFCache"
 
 
@@ -98,11 +100,16 @@ def apply_model_settings(cfg: DictConfig, model: Any) -> None:
         setattr(model, key, value)
 
 
-def num_steps(cfg: DictConfig) -> int:
-    """Steps per sample: ``num_diffusion_steps`` (which defaults to ``sampler.steps``)."""
+def num_steps(cfg: DictConfig, model: Any = None) -> int:
+    """Steps per sample: ``num_diffusion_steps`` (which defaults to ``sampler.steps``); when neither is set
+    (``sampler=auto``), the model's ``default_steps``, else 100."""
     steps = cfg.get("num_diffusion_steps")
     if steps is None and cfg.get("sampler") is not None:
         steps = cfg.sampler.get("steps")
+    if steps is None:
+        from tsdiff.sampling.contract import preferred_steps
+
+        steps = (preferred_steps(model) if model is not None else None) or DEFAULT_STEPS
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"num_diffusion_steps / sampler.steps must be a positive integer, got {steps!r} (e.g. sampler.steps=100)")
     return steps
@@ -133,6 +140,7 @@ def build_sampler(cfg: DictConfig, model: Any, device: Any, *, batch_size: int |
         sample_batch_size=int(batch_size if batch_size is not None else cfg.sample_batch_size),
         cache=policy,
         guidance=guidance_of(cfg),
+        num_diffusion_steps=num_steps(cfg, model),
         device=device,
         progress=bool(cfg.get("progress", False)) if progress is None else progress,
     )

@@ -164,7 +164,7 @@ _LOGGER = {"logger.kind": _choice("wandb", "csv", "none")}
 _SEED = {"seed": _int()}
 _SAMPLING = {
     "num_samples": _int(1),
-    "num_diffusion_steps": _int(1),
+    "num_diffusion_steps": _int(1, null=True),
     "num_directions": _int(1),
     "device": _device,
     "num_threads": _int(1, null=True),
@@ -174,7 +174,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "train": {**_SEED, **_TRAINER, **_DATA, **_LOGGER, "fourier_transform": _bool()},
     "sample": {
         **_SEED, **_SAMPLING, **_CACHE, **_LOGGER, "sample_batch_size": _int(1), "use_cache": _bool(null=True),
-        "progress": _bool(), "sampler.steps": _int(1),
+        "progress": _bool(), "sampler.steps": _int(1, null=True),
         # the older `solver=` alias (null: the sampler group decides)
         "solver": _choice(None, "auto", "ddpm", "ddim", "dpm_solver++", "dpmpp", "euler_maruyama", "pf_ode"),
         "fourier_transform": _bool(null=True),
