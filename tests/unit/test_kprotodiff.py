@@ -195,3 +195,67 @@ def test_preconditioning_keeps_the_input_at_low_noise_and_the_mean_at_high_noise
     assert (high - model.data_mean).abs().max() < 0.6     # c_skip -> 0: the mean plus a bounded network term
     loss = model.diffusion_loss(windows[:16], torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and loss > 0
+
+
+# ---------------------------------------------------------------- per-sample prototype codes
+def test_prototype_codes_condition_the_denoiser_and_their_prior_is_the_training_frequency():
+    model = _kprotodiff()                                   # 2 bands x 2 prototypes: 4 joint codes
+    windows = torch.randn(12, 8, 2)
+    codes = model.kpl.codes(windows, model.code_scale)
+    assert codes.shape == (12, 2) and codes.min() >= 0 and codes.max() < 2
+    # the codes reach the network: different codes, different predictions; -1 / None is the null code
+    with torch.no_grad():
+        model.net.context_cond[-1].weight.normal_()         # as after training (zero at init)
+        x, t = torch.randn(2, 8, 2), torch.tensor([5, 5])
+        a = model.denoise(x, t, torch.tensor([[0, 0], [0, 0]]))
+        b = model.denoise(x, t, torch.tensor([[1, 0], [1, 0]]))
+        null = model.denoise(x, t, None)
+        torch.testing.assert_close(model.denoise(x, t, torch.tensor([[-1, 0], [0, -1]])), null)
+    assert (a - b).abs().max() > 1e-4 and (a - null).abs().max() > 1e-4
+    # training counts the codes into the prior (every row once, decayed) and drops a share to the null code
+    model.train()
+    model.hparams.code_dropout = 0.5
+    used = model.training_condition(windows, torch.Generator().manual_seed(0))
+    assert float(model.code_counts.sum()) == pytest.approx(12)
+    assert ((used == -1).all(1) | (used == codes).all(1)).all() and 0 < int((used[:, 0] == -1).sum()) < 12
+    model.code_counts.zero_()
+    model.code_counts[3] = 5.0                              # only joint code 3 = (1, 1) was seen
+    drawn = model.draw_condition(6, torch.Generator().manual_seed(0))
+    assert drawn.tolist() == [[1, 1]] * 6
+    with pytest.raises(ValueError, match="prototype codes"):
+        model.context(torch.zeros(3, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="include 1"):
+        KProtoDiff(2, 8, net=_net(), prototypes=partial(KeyPrototypes, n_prototypes=2, segments=[2, 4]))
+
+
+def test_sampler_draws_the_codes_from_the_seed():
+    model = _kprotodiff().eval()
+    model.code_counts.copy_(torch.tensor([1.0, 0.0, 3.0, 2.0]))
+    with torch.no_grad():
+        model.net.context_cond[-1].weight.normal_()
+    drawn, draw = [], model.draw_condition
+    model.draw_condition = lambda n, generator=None: drawn.append(draw(n, generator)) or drawn[-1]
+    s = DiffusionSampler(model, solver="ddpm", progress=False, sample_batch_size=2)
+    a, b = s.sample(5, 4, seed=3), s.sample(5, 4, seed=3)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [len(c) for c in drawn] == [2, 2, 1] * 2 and all(not (c == torch.tensor([1, 0])).all(1).any() for c in drawn)  # (1, 0) unseen
+    drawn.clear()
+    s.sample(5, 4, seed=3, cond=torch.zeros(5, 2, dtype=torch.long))    # a caller's cond: nothing drawn
+    assert drawn == []
+
+
+def test_calibrated_pull_target_shrinks_only_residuals_larger_than_real_windows():
+    model = _kprotodiff()
+    windows = torch.randn(20, 8, 2)
+    recon = model.kpl.project(windows)
+    torch.testing.assert_close(model.project_x0(windows), recon)            # uncalibrated: the reconstruction
+    level = model.calibrate(windows)
+    shares = model._residual_share(windows, recon)
+    assert level == pytest.approx(float(shares.mean()), rel=1e-5)
+    target = model.project_x0(windows)
+    low = shares <= level
+    assert low.any() and (~low).any()
+    torch.testing.assert_close(target[low], windows[low])                   # as prototype-like as real data: kept
+    hi = windows[~low]                                                      # the rest: residual = level x own variance
+    var = (hi - hi.mean(1, keepdim=True)).pow(2).sum((1, 2))
+    torch.testing.assert_close((target[~low] - recon[~low]).pow(2).sum((1, 2)) / var, torch.full_like(var, level))

@@ -92,17 +92,23 @@ class DiffusionTS(pl.LightningModule):
                              f"the system gives {self.context_dim}; build the net with the system (net: _partial_: true)")
 
     # ------------------------------------------------------------------ model contract
-    def context(self) -> torch.Tensor | None:
-        """Context tokens for the network (none for Diffusion-TS)."""
+    def context(self, cond: Any = None) -> torch.Tensor | None:
+        """Context tokens for the network given ``cond`` (none for Diffusion-TS)."""
+        return None
+
+    def training_condition(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> Any:
+        """The ``cond`` a training/validation batch of clean windows is denoised with (none here)."""
         return None
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """``x0_hat`` for ``x_t`` ``(B, L, C)`` at step indices ``t`` ``(B,)``; ``cond`` is unused (unconditional)."""
+        """``x0_hat`` for ``x_t`` ``(B, L, C)`` at step indices ``t`` ``(B,)``; ``cond`` goes to :meth:`context`
+        (Diffusion-TS ignores it: unconditional)."""
+        context = self.context(cond)
         if not self.hparams.precondition:
-            return self.net(x, t.to(x.dtype), self.context())
+            return self.net(x, t.to(x.dtype), context)
         alpha, c_skip, c_out, c_in = self.preconditioning(t, x.ndim)
         centred = x / alpha - self.data_mean
-        return self.data_mean + c_skip * centred + c_out * self.net(c_in * centred, t.to(x.dtype), self.context())
+        return self.data_mean + c_skip * centred + c_out * self.net(c_in * centred, t.to(x.dtype), context)
 
     def preconditioning(self, t: torch.Tensor, ndim: int) -> tuple[torch.Tensor, ...]:
         """``alpha, c_skip, c_out, c_in`` (Karras et al. 2022, Table 1, for ``x_t / alpha = x0 + (sigma / alpha) eps``,
@@ -133,7 +139,7 @@ class DiffusionTS(pl.LightningModule):
     def diffusion_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         t = self.schedule.sample_training_times(x0.shape[0], device=x0.device, generator=generator)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        pred = self.denoise(self.schedule.q_sample(x0, t, eps), t)
+        pred = self.denoise(self.schedule.q_sample(x0, t, eps), t, self.training_condition(x0, generator))
         # preconditioned: weight 1 / c_out^2 (unit-variance targets for the network; EDM's loss weight)
         weight = self.preconditioning(t, x0.ndim)[2].pow(-2) if self.hparams.precondition else x0.new_ones(1, 1, 1)
         loss = (weight * self._errors(pred, x0)).mean()

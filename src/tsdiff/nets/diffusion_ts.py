@@ -13,10 +13,12 @@ Shapes are ``(batch, length, channels)``. The network predicts ``x0`` from ``x_t
   state (Diffusion-TS eq. 5), and a **season**: the ``top_k`` strongest real-FFT components of a projection
   of the state, transformed back (eq. 6-7; the real FFT keeps each frequency once, no mirrored bins).
   ``x0_hat = sum trend + sum season + residual``, the residual a linear read-out of the last state.
-* **Context** (optional): ``context`` tokens ``(B or 1, P, context_dim)`` -- K-ProtoDiff's prototype
-  tokens -- are projected to ``d_model`` and appended to the decoder's cross-attention memory. The noisy
-  input keeps its own path (embedding -> encoder -> decoder): context is added, never substituted (the
-  authors' rebuild replaces ``x_t`` by prototype features, which cannot denoise).
+* **Context** (optional): ``context`` tokens ``(B or 1, P, context_dim)`` -- K-ProtoDiff's per-sample
+  prototype tokens -- are projected to ``d_model`` and appended to the decoder's cross-attention memory,
+  and (a per-token MLP, summed over tokens, last layer zero-initialised) added to the AdaLN conditioning
+  vector of every block, like a class label. The noisy input keeps its own path (embedding -> encoder ->
+  decoder): context is added, never substituted (the authors' rebuild replaces ``x_t`` by prototype
+  features, which cannot denoise).
 """
 
 from __future__ import annotations
@@ -145,6 +147,11 @@ class DiffusionTSNet(nn.Module):
         self.step_mlp = nn.Sequential(nn.Linear(step_sinusoid_dim, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
         self.encoder = nn.ModuleList(_EncoderBlock(d_model, num_heads, dim_feedforward, dropout) for _ in range(n_encoder_layers))
         self.context_proj = nn.Linear(context_dim, d_model) if context_dim > 0 else None
+        self.context_cond = None
+        if context_dim > 0:
+            self.context_cond = nn.Sequential(nn.Linear(context_dim, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+            nn.init.zeros_(self.context_cond[-1].weight)
+            nn.init.zeros_(self.context_cond[-1].bias)
         basis = polynomial_basis(max_len, trend_order)
         self.decoder = nn.ModuleList(
             _DecoderBlock(d_model, num_heads, dim_feedforward, dropout, n_channels, trend_order, top_k, basis)
@@ -163,6 +170,8 @@ class DiffusionTSNet(nn.Module):
             raise ValueError(f"DiffusionTSNet was built with context_dim={self.context_dim}; "
                              f"{'pass' if self.context_proj is not None else 'do not pass'} context tokens")
         c = self.step_mlp(sinusoidal_table(k, self.step_freqs))
+        if context is not None:  # global conditioning by the tokens (summed per-token MLP), like a class label
+            c = c + self.context_cond(context).sum(dim=1).expand(c.shape[0], -1)
         h = self.embed(x.transpose(1, 2)).transpose(1, 2) + self.pos
         for block in self.encoder:
             h = block(h, c)

@@ -116,6 +116,14 @@ class KeyPrototypes(nn.Module):
                 out.append({"band": b, "scale": j, "a": a, "gain": gain, "recon": recon.reshape(x.shape)})
         return out
 
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor, scale: int) -> torch.Tensor:
+        """``(B, n_bands)`` hard assignments (prototype indices) of whole windows at scale index ``scale``
+        (a scale of one snippet per window): the discrete prototype code of each window, one per band."""
+        if self.segments[scale] != 1:
+            raise ValueError(f"KeyPrototypes.codes needs a whole-window scale (segments 1), scale {scale} has {self.segments[scale]}")
+        return torch.stack([p["a"][:, 0].argmax(-1) for p in self.assign(x) if p["scale"] == scale], dim=1)
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """``(n_scales, B, L, C)``: the window rebuilt from its assigned prototypes at each scale."""
         parts = self.assign(x)

@@ -16,6 +16,9 @@ Optional, each declared by offering the method (a structural check, :func:`decla
 * ``cache_interface()`` (:class:`DeclaresCache`) -- what a cache policy may use
   (:class:`~tsdiff.caching.interface.CacheInterface`); without it caches reuse whole denoiser outputs;
 * ``default_solver`` (:class:`PrefersSolver`) -- the solver name a sampler uses for ``solver="auto"``;
+* ``draw_condition(n, generator)`` (:class:`DrawsCondition`) -- the model's own per-sample ``cond`` drawn from
+  a prior it learned (K-ProtoDiff: which key prototypes each sample is generated from); the sampler draws
+  it, seeded, for every chunk that the caller gives no ``cond``;
 * ``default_steps`` (a positive int attribute, :func:`preferred_steps`) -- the number of steps a sampler
   takes when it is given none (``sampler=auto`` in the commands);
 * ``cascade_stages()`` (:class:`Cascades`) -- a list of :class:`Stage` s: the model is sampled as a cascade,
@@ -68,6 +71,11 @@ class DeclaresCache(Protocol):
 @runtime_checkable
 class PrefersSolver(Protocol):
     default_solver: str
+
+
+@runtime_checkable
+class DrawsCondition(Protocol):
+    def draw_condition(self, n: int, generator: torch.Generator | None = None) -> Any: ...
 
 
 def preferred_steps(model: Any) -> int | None:

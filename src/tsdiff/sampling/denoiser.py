@@ -26,7 +26,8 @@ import torch
 from tsdiff.caching.base import CachePolicy, NoCache
 from tsdiff.diffusion.parameterization import check_parameterization, eps_to_score, from_x0, to_x0
 from tsdiff.diffusion.schedules import NoiseSchedule
-from tsdiff.sampling.contract import DeclaresCache, Decodes, PrefersSolver, declares, missing_members, preferred_steps
+from tsdiff.sampling.contract import (DeclaresCache, Decodes, DrawsCondition, PrefersSolver, declares, missing_members,
+                                      preferred_steps)
 
 
 @runtime_checkable
@@ -54,6 +55,8 @@ class DiffusionModelSpec:
     module: torch.nn.Module | None = None
     #: the model's ``cache_interface`` (None when it declares none: caches reuse whole outputs)
     cache_interface: Callable[[], Any] | None = None
+    #: the model's ``draw_condition(n, generator)`` (None: unconditional unless the caller gives ``cond``)
+    draw_condition: Callable[..., Any] | None = None
 
 
 def as_diffusion_model(
@@ -69,7 +72,7 @@ def as_diffusion_model(
         raise ValueError("give a trained model (score_model=/model=) or a denoiser= with its schedule=")
     if model is not None and denoiser is not None:
         raise ValueError("give either a model or a denoiser, not both")
-    cache_interface = None
+    cache_interface = draw_condition = None
     if model is not None:
         missing = missing_members(model)
         if missing:
@@ -85,6 +88,7 @@ def as_diffusion_model(
         default_solver = model.default_solver if declares(model, PrefersSolver) else None
         default_steps = preferred_steps(model)
         cache_interface = model.cache_interface if declares(model, DeclaresCache) else None
+        draw_condition = model.draw_condition if declares(model, DrawsCondition) else None
         module = model if isinstance(model, torch.nn.Module) else None
     else:
         if schedule is None or parameterization is None:
@@ -106,6 +110,7 @@ def as_diffusion_model(
         default_steps=default_steps,
         module=module,
         cache_interface=cache_interface,
+        draw_condition=draw_condition,
     )
 
 

@@ -174,7 +174,8 @@ class DiffusionSampler:
             num_samples: how many samples.
             num_diffusion_steps: number of network evaluations per sample (solver steps).
             cond: conditioning passed to the denoiser; tensors with first dimension ``num_samples`` are
-                split into chunks with the samples.
+                split into chunks with the samples. ``None`` for a model that draws its own condition
+                (``draw_condition``, e.g. K-ProtoDiff's prototype codes): drawn per chunk from ``seed``.
             seed / generator: randomness (initial noise and the solver's noise). Same seed, same
                 samples. Without either, a fresh random seed is used.
             x_T: optional starting noise ``(num_samples, *sample_shape)`` (e.g. to compare samplers from
@@ -224,7 +225,10 @@ class DiffusionSampler:
                         x = self.schedule.prior_std() * torch.randn(
                             (hi - lo, *shape), generator=gen, device=device
                         )
-                    chunk_cond = _cond_to(_slice_cond(cond, lo, hi, num_samples), device)
+                    if cond is None and self.spec.draw_condition is not None:  # the model's own prior (seeded)
+                        chunk_cond = _cond_to(self.spec.draw_condition(hi - lo, gen), device)
+                    else:
+                        chunk_cond = _cond_to(_slice_cond(cond, lo, hi, num_samples), device)
                     # the cache's own draws (E2-CRF probes) follow the sampler's seed, differently per chunk
                     self.cache.run_seed = (gen.initial_seed() * 1_000_003 + c) % (2**63)
                     self.cache.solver = self.solver_name
