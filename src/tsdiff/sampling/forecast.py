@@ -72,7 +72,8 @@ def sample_forecasts(
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if antithetic and num_samples % 2:
-        raise ValueError(f"antithetic sampling pairs the samples: num_samples must be even, got {num_samples}")
+        raise ValueError(f"antithetic sampling pairs the samples: num_samples must be even, got {num_samples} "
+                         f"(or sample without pairs: antithetic=False, eval.antithetic=false)")
     device = _device_of(model)
     x = lookback if isinstance(lookback, torch.Tensor) else torch.as_tensor(np.asarray(lookback))
     x = x.to(device=device, dtype=torch.float32)

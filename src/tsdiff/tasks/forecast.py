@@ -322,6 +322,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "split": str(ev.split),
         "n_windows": int(len(lookback)),
         "num_samples": int(ev.num_samples),
+        "antithetic": bool(ev.get("antithetic", False)),
         "space": "datamodule-standardized (train-split z-score per variable)",
     }
     rows: list[dict[str, Any]] = []
