@@ -116,11 +116,12 @@ def test_ett_layout_csv_runs_the_probabilistic_table(tmp_path):
         "model.hidden=8", "model.cond_hidden=8", "model.step_sinusoid_dim=8", "model.step_hidden_dim=8",
         "model.ar_pretrain_epochs=1", "model.val_forecast_windows=4", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1", f"runs_dir={tmp_path / 'runs'}", f"output_dir={tmp_path / 'out'}",
-        "eval.max_windows=4", "eval.num_samples=3", "eval.solvers.dpmpp_20=null", "eval.solvers.ddpm_100=null",
+        "eval.max_windows=4", "eval.num_samples=4", "eval.solvers.dpmpp_20=null", "eval.solvers.ddpm_100=null",
         "eval.calibration.max_windows=4", "baselines.ar.epochs=1", "baselines.dlinear.epochs=1",
         "baselines.dlinear_gauss.base.epochs=1", "baselines.dlinear_gauss.calibration_windows=8",
     ]))
     assert result["dataset"] == "etth1" and result["n_channels"] == 7 and result["n_windows"] == 4
+    assert result["antithetic"] and result["num_samples"] == 4  # the default: samples start in (x^K, -x^K) pairs
     assert result["fan_chart"]["channel_name"] == "OT"
     rows = {r["method"]: r for r in result["rows"]}
     assert {"timediff[dpmpp_10]", "timediff[dpmpp_10]+gauss", "dlinear+gauss", "seasonal_naive(m=24)+boot"} <= set(rows)

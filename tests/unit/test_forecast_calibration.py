@@ -25,6 +25,15 @@ def test_gaussian_and_bootstrap_ensembles_are_seeded_and_centred():
         bootstrap_ensemble(point, res[:, :2], 4)
 
 
+def test_antithetic_gaussian_ensemble_pairs_cancel_around_the_point():
+    point, std = np.ones((200, 3, 2)), np.full((3, 2), 0.5)
+    a = gaussian_ensemble(point, std, 6, seed=3, antithetic=True)
+    np.testing.assert_allclose(a[:3] + a[3:], 2 * point[None].repeat(3, 0), atol=1e-5)
+    np.testing.assert_allclose(a.std(axis=(0, 1)), std, rtol=0.1)
+    with pytest.raises(ValueError, match="even"):
+        gaussian_ensemble(point, std, 5, antithetic=True)
+
+
 def test_spread_calibration_widens_a_too_narrow_ensemble_to_the_error_of_its_mean():
     g = np.random.default_rng(0)
     truth_spread = 2.0
@@ -36,6 +45,8 @@ def test_spread_calibration_widens_a_too_narrow_ensemble_to_the_error_of_its_mea
     wide = apply_spread(narrow, f)
     np.testing.assert_allclose(wide.mean(0), narrow.mean(0), atol=1e-5)  # the point forecast is kept
     assert wide.std(0, ddof=1).mean() == pytest.approx(truth_spread / np.sqrt(1.1), rel=0.1)
+    # an antithetic ensemble's mean has no 1/S noise: the factor drops the 1 + 1/S
+    np.testing.assert_allclose(spread_factors(narrow, target, antithetic=True), f * np.sqrt(1.1))
     with pytest.raises(ValueError, match="S >= 2"):
         spread_factors(narrow[:1], target)
 

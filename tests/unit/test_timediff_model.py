@@ -368,6 +368,21 @@ def test_gaussian_skip_samples_the_gaussian_the_denoiser_emits(ci):
         tiny(gaussian_skip=True, parameterization="eps")
 
 
+def test_antithetic_pairs_cancel_in_the_mean_of_a_linear_denoiser():
+    # untrained Gaussian skip: x0-predictions affine in x^k, so DPM-Solver++ maps x^K affinely and every
+    # antithetic pair (x^K, -x^K) averages to the same point, the forecast of x^K = 0; each sample still spreads
+    model = tiny(gaussian_skip=True, ar_skip=True, zero_init=True).eval()
+    lookback = sine_batches(1, batch=3)[0]["lookback"]
+    kw = dict(num_samples=6, steps=5, seed=2, antithetic=True)
+    samples = sample_forecasts(model, lookback, **kw)
+    assert torch.equal(samples, sample_forecasts(model, lookback, **kw))
+    pair_means = (samples[:3] + samples[3:]) / 2
+    torch.testing.assert_close(pair_means, pair_means[:1].expand_as(pair_means), atol=1e-4, rtol=1e-4)
+    assert float((samples[0] - samples[1]).abs().mean()) > 0.1
+    with pytest.raises(ValueError, match="even"):
+        sample_forecasts(model, lookback, num_samples=3, antithetic=True)
+
+
 def test_diffused_mixup_reveals_only_the_denoisers_own_input():
     batch = sine_batches(1, batch=8)[0]
     with pytest.raises(ValueError, match="mixup_source"):

@@ -47,10 +47,19 @@ def residual_std(point, target) -> np.ndarray:
     return np.maximum(np.sqrt(np.mean((np.asarray(target, dtype=np.float64) - p) ** 2, axis=0)), _FLOOR)
 
 
-def gaussian_ensemble(point, std, num_samples: int, seed: int = 0) -> np.ndarray:
-    """``num_samples`` draws of ``N(point, std^2)``; ``std`` ``(H, C)`` broadcasts over windows."""
+def gaussian_ensemble(point, std, num_samples: int, seed: int = 0, antithetic: bool = False) -> np.ndarray:
+    """``num_samples`` draws of ``N(point, std^2)``; ``std`` ``(H, C)`` broadcasts over windows.
+    ``antithetic=True`` (even ``num_samples``) draws them in pairs ``point +- noise``, as TimeDiff's
+    antithetic sampling does, so both ensembles are scored alike."""
     p = _check(point)
-    noise = np.random.default_rng(seed).standard_normal((int(num_samples), *p.shape))
+    if antithetic and int(num_samples) % 2:
+        raise ValueError(f"antithetic draws come in pairs: num_samples must be even, got {num_samples}")
+    rng = np.random.default_rng(seed)
+    if antithetic:
+        half = rng.standard_normal((int(num_samples) // 2, *p.shape))
+        noise = np.concatenate([half, -half])
+    else:
+        noise = rng.standard_normal((int(num_samples), *p.shape))
     return (p[None] + noise * np.asarray(std, dtype=np.float64)).astype(np.float32)
 
 
@@ -64,8 +73,10 @@ def bootstrap_ensemble(point, residuals, num_samples: int, seed: int = 0) -> np.
     return (p[None] + r[idx]).astype(np.float32)
 
 
-def spread_factors(samples, target) -> np.ndarray:
-    """``(H, C)`` factors making the ensemble variance match the squared error of its mean (see module doc)."""
+def spread_factors(samples, target, antithetic: bool = False) -> np.ndarray:
+    """``(H, C)`` factors making the ensemble variance match the squared error of its mean (see module doc).
+    ``antithetic=True``: the ensemble's mean is (nearly) the conditional mean, so ``E[(mean - y)^2] = E[var]``
+    without the ``1 + 1 / S`` of an exchangeable ensemble."""
     x = np.asarray(samples, dtype=np.float64)
     if x.ndim != 4 or x.shape[1:] != np.shape(target) or x.shape[0] < 2:
         raise ValueError(f"spread calibration needs an ensemble (S >= 2, N, H, C) and targets (N, H, C); got "
@@ -73,7 +84,7 @@ def spread_factors(samples, target) -> np.ndarray:
     s = x.shape[0]
     err2 = np.mean((x.mean(0) - np.asarray(target, dtype=np.float64)) ** 2, axis=0)
     var = np.mean(x.var(axis=0, ddof=1), axis=0)
-    return np.sqrt(err2 / ((1.0 + 1.0 / s) * np.maximum(var, _FLOOR**2)))
+    return np.sqrt(err2 / ((1.0 if antithetic else 1.0 + 1.0 / s) * np.maximum(var, _FLOOR**2)))
 
 
 def apply_spread(samples, factors) -> np.ndarray:
@@ -88,15 +99,17 @@ class ResidualEnsemble:
 
     ``fit(datamodule)`` fits ``base`` and measures its residuals on (at most ``calibration_windows``, evenly
     spread, stride-1) validation windows; ``predict`` is the base forecast; ``sample`` adds Gaussian noise
-    with the residual std (``noise="gaussian"``) or bootstrapped residual paths (``"bootstrap"``).
+    with the residual std (``noise="gaussian"``, in antithetic pairs with ``antithetic=True``) or bootstrapped
+    residual paths (``"bootstrap"``).
     """
 
-    def __init__(self, base: Any, noise: str = "gaussian", calibration_windows: int | None = 1024, name: str | None = None):
+    def __init__(self, base: Any, noise: str = "gaussian", calibration_windows: int | None = 1024, name: str | None = None,
+                 antithetic: bool = False):
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise={noise!r} is unknown; choose one of {', '.join(NOISE_KINDS)}")
         if not hasattr(base, "fit") or not hasattr(base, "predict"):
             raise ValueError(f"base must be a point Forecaster with fit(datamodule) and predict(lookback), got {type(base).__name__}")
-        self.base, self.noise, self.calibration_windows = base, noise, calibration_windows
+        self.base, self.noise, self.calibration_windows, self.antithetic = base, noise, calibration_windows, bool(antithetic)
         self.name = name or f"{base.name}+{'gauss' if noise == 'gaussian' else 'boot'}"
         self.residuals: np.ndarray | None = None
 
@@ -114,5 +127,6 @@ class ResidualEnsemble:
             raise RuntimeError("call fit(datamodule) before sample()")
         point = self.predict(lookback)
         if self.noise == "gaussian":
-            return gaussian_ensemble(point, np.maximum(np.sqrt((self.residuals**2).mean(0)), _FLOOR), num_samples, seed)
+            std = np.maximum(np.sqrt((self.residuals**2).mean(0)), _FLOOR)
+            return gaussian_ensemble(point, std, num_samples, seed, antithetic=self.antithetic)
         return bootstrap_ensemble(point, self.residuals, num_samples, seed)
