@@ -197,3 +197,21 @@ def test_guidance_scale_is_a_sampling_setting_of_the_sample_command():
         build_sampler(OmegaConf.merge(cfg, {"model_settings": {"latent_dim": 4}}), model, "cpu", progress=False)
     with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
         build_sampler(OmegaConf.merge(cfg, {"model_settings": {"guidance_scale": -1}}), model, "cpu", progress=False)
+
+
+def test_latent_statistics_windows_span_a_time_ordered_training_set():
+    """More training windows than latent_stats_windows: a seeded random subset, not the first ones (on a
+    time-ordered series the first ones are one period only)."""
+    ordered = np.arange(100, dtype=np.float32)[:, None, None] * np.ones((1, 8, 2), dtype=np.float32)
+
+    class DM:
+        def train_array(self, split):
+            return ordered
+
+    picks = []
+    for _ in range(2):
+        m = _model(latent_stats_windows=10)
+        m.on_datamodule_ready(DM())
+        picks.append(m._train_windows[:, 0, 0])
+    assert len(picks[0]) == 10 and torch.equal(picks[0], picks[1])  # seeded
+    assert float(picks[0].max()) > 50 and len(set(picks[0].tolist())) == 10  # spread over the set, no repeats
