@@ -44,6 +44,7 @@ from tsdiff.tasks.common import (
     build_logger, instantiate_model, is_global_zero, load_checkpoint_state, load_run_config, log,
     make_atomic_checkpoint_callback, save_config,
 )
+from tsdiff.tasks.resume_state import mid_epoch_resume_callback
 from tsdiff.tasks.validate import ConfigError
 
 _RUN_ENV = "TSDIFF_RUN_ID"
@@ -240,7 +241,7 @@ def _fit(cfg, model, dm, run_id, run_dir: Path, ckpt_path: Path | None, interrup
     with interrupt:
         trainer, fit_s = fit(cfg, model, dm, root_dir=run_dir, logger=logger, ckpt_path=ckpt_path,
                              callbacks=[make_atomic_checkpoint_callback(run_dir / "checkpoints"),
-                                        _stop_on_interrupt_callback(interrupt)])
+                                        _stop_on_interrupt_callback(interrupt), mid_epoch_resume_callback()])
 
     metrics = _mean_over_ranks(trainer, {k: float(v) for k, v in trainer.callback_metrics.items()
                                          if getattr(v, "numel", lambda: 1)() == 1})
