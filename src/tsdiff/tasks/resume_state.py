@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any
+
+from tsdiff.tasks.common import _rng_state
 
 def _batches_into_epoch(trainer) -> int:
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
@@ -43,6 +46,7 @@ def mid_epoch_resume_callback():
     class MidEpochResume(pl.Callback):
         def __init__(self) -> None:
             self._epoch_start_data: dict | None = None
+            self._rng_after_batch: dict | None = None
 
         def _data_key(self, trainer) -> str | None:
             dm = trainer.datamodule
@@ -60,13 +64,21 @@ def mid_epoch_resume_callback():
                 return
             if trainer.datamodule is not None:  # restored state = the start of this epoch (see on_save_checkpoint)
                 self._epoch_start_data = copy.deepcopy(trainer.datamodule.state_dict())
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
             iterator = loop._data_fetcher.iterator  # the epoch's fresh iterator: drop what the epoch already used
             for _ in range(skip):
                 next(iterator)
 
+        def on_train_batch_end(self, trainer, *args) -> None:
+            # a stop inside an epoch validates once more (Lightning does on `should_stop`), which draws from the
+            # global RNG; the resumed run must continue from the state the next training batch would have seen
+            self._rng_after_batch = _rng_state()
+
         def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
             if not _mid_epoch(trainer):
                 return
+            if self._rng_after_batch is not None:
+                checkpoint["tsdiff_rng"] = self._rng_after_batch  # replaces the save-time state (tasks.common)
             progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
             for part in ("total", "current"):  # started, not processed: Lightning restarts inside the epoch
                 progress[part]["processed"] = progress[part]["completed"] = progress[part]["started"] - 1
