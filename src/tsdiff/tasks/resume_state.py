@@ -18,6 +18,16 @@ What :class:`MidEpochResume` does, in the train task only:
   epoch already used, so it sees exactly the batches an uninterrupted run would (PyTorch's DataLoader cannot
   resume mid-epoch by itself). The model's and callbacks' ``on_train_epoch_end`` still ran once for the
   partial epoch before the stop (Lightning calls it); tsdiff's models keep no per-epoch state there.
+- random state: a stop on ``should_stop`` validates once more before the checkpoint (the uninterrupted run does
+  not), and creating the validation iterator draws from the global RNG; the checkpoint keeps the RNG state
+  taken after the last training batch instead (this callback runs after ``tasks.common``'s checkpoint callback,
+  which writes ``tsdiff_rng``).
+
+Tested in ``tests/integration/test_resume_mid_epoch.py``: the brief's case (stopped by ``max_steps`` inside
+epoch 1, resumed with ``max_epochs=2``: 2 epochs of steps, not 1) and a Ctrl+C inside an epoch resumed to the
+weights of the uninterrupted run. A run that *finished* (status ``done``) ends with its EMA weights, so training
+it longer continues from those: same step count as an uninterrupted run, not the same weights. Checkpoints
+written before this fix still count their partial epoch as done.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import warnings
 from typing import Any
 
 from tsdiff.tasks.common import _rng_state
+
 
 def _batches_into_epoch(trainer) -> int:
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)

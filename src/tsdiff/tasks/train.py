@@ -11,7 +11,8 @@ with the error when training raised after a checkpoint existed. A run that fails
 checkpoint is removed again (it holds nothing to resume or sample). ``resume=<run_id>`` (or ``latest``)
 restarts from ``last.ckpt`` with the run's own ``config.yaml``; Lightning restores the weights (EMA
 included, it lives in the model), optimizer, LR schedule, callbacks and the epoch/step counters, so the
-loss curve continues where it stopped. Only ``trainer.*`` and ``logger`` may be changed on resume (e.g.
+loss curve continues where it stopped. A stop inside an epoch (``max_steps``, Ctrl+C, SIGTERM) is saved as
+an unfinished epoch and resumed inside it (:mod:`tsdiff.tasks.resume_state`). Only ``trainer.*`` and ``logger`` may be changed on resume (e.g.
 ``trainer.max_epochs=60`` to train a finished run longer).
 
 Models plug in through Hydra: ``cfg.model`` (or, when it is null, ``cfg.score_model``) is instantiated
