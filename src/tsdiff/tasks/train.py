@@ -11,7 +11,8 @@ with the error when training raised after a checkpoint existed. A run that fails
 checkpoint is removed again (it holds nothing to resume or sample). ``resume=<run_id>`` (or ``latest``)
 restarts from ``last.ckpt`` with the run's own ``config.yaml``; Lightning restores the weights (EMA
 included, it lives in the model), optimizer, LR schedule, callbacks and the epoch/step counters, so the
-loss curve continues where it stopped. Only ``trainer.*`` and ``logger`` may be changed on resume (e.g.
+loss curve continues where it stopped. A stop inside an epoch (``max_steps``, Ctrl+C, SIGTERM) is saved as
+an unfinished epoch and resumed inside it (:mod:`tsdiff.tasks.resume_state`). Only ``trainer.*`` and ``logger`` may be changed on resume (e.g.
 ``trainer.max_epochs=60`` to train a finished run longer).
 
 Models plug in through Hydra: ``cfg.model`` (or, when it is null, ``cfg.score_model``) is instantiated
@@ -44,6 +45,7 @@ from tsdiff.tasks.common import (
     build_logger, instantiate_model, is_global_zero, load_checkpoint_state, load_run_config, log,
     make_atomic_checkpoint_callback, save_config,
 )
+from tsdiff.tasks.resume_state import mid_epoch_resume_callback
 from tsdiff.tasks.validate import ConfigError
 
 _RUN_ENV = "TSDIFF_RUN_ID"
@@ -240,7 +242,7 @@ def _fit(cfg, model, dm, run_id, run_dir: Path, ckpt_path: Path | None, interrup
     with interrupt:
         trainer, fit_s = fit(cfg, model, dm, root_dir=run_dir, logger=logger, ckpt_path=ckpt_path,
                              callbacks=[make_atomic_checkpoint_callback(run_dir / "checkpoints"),
-                                        _stop_on_interrupt_callback(interrupt)])
+                                        _stop_on_interrupt_callback(interrupt), mid_epoch_resume_callback()])
 
     metrics = _mean_over_ranks(trainer, {k: float(v) for k, v in trainer.callback_metrics.items()
                                          if getattr(v, "numel", lambda: 1)() == 1})
