@@ -23,7 +23,7 @@ What :class:`MidEpochResume` does, in the train task only:
   taken after the last training batch instead (this callback runs after ``tasks.common``'s checkpoint callback,
   which writes ``tsdiff_rng``).
 
-Tested in ``tests/integration/test_resume_mid_epoch.py``: the brief's case (stopped by ``max_steps`` inside
+Tested in ``tests/integration/test_resume_mid_epoch.py``: the reported case (stopped by ``max_steps`` inside
 epoch 1, resumed with ``max_epochs=2``: 2 epochs of steps, not 1) and a Ctrl+C inside an epoch resumed to the
 weights of the uninterrupted run. A run that *finished* (status ``done``) ends with its EMA weights, so training
 it longer continues from those: same step count as an uninterrupted run, not the same weights. Checkpoints
