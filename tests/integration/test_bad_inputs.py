@@ -164,6 +164,7 @@ CASES: dict[str, Case] = {
     "forecast-not-timediff": Case("forecast", ["model_id=good", *_F], "is not a TimeDiff run"),
     "forecast-num-samples-0": Case("forecast", [*_F, "eval.num_samples=0"], "eval.num_samples=0"),
     "forecast-split": Case("forecast", [*_F, "eval.split=holdout"], "eval.split='holdout'"),
+    "forecast-odd-antithetic": Case("forecast", [*_F, "eval.num_samples=3"], "eval.num_samples=3 is odd"),
     "forecast-output-dir-file": Case("forecast", [*_F, "output_dir={work}/afile"], "is a file, not a folder",
                                      _write("work/afile", "x")),
     "forecast-horizons": Case("forecast", [*_F, "timing.horizons=[0]"], "timing.horizons=[0]"),

@@ -126,3 +126,20 @@ def test_ett_layout_csv_runs_the_probabilistic_table(tmp_path):
     rows = {r["method"]: r for r in result["rows"]}
     assert {"timediff[dpmpp_10]", "timediff[dpmpp_10]+gauss", "dlinear+gauss", "seasonal_naive(m=24)+boot"} <= set(rows)
     assert all(math.isfinite(r["crps"]) for r in rows.values())
+
+
+def test_a_step_budget_below_one_epoch_trains_and_scores(tmp_path):
+    """trainer.max_steps below an epoch ends before the first validation: early stopping has nothing to check
+    yet, which must not stop the command."""
+    from tsdiff.tasks import forecast
+
+    result = forecast.run(_compose("forecast", [
+        *TINY, f"runs_dir={tmp_path / 'runs'}", f"output_dir={tmp_path / 'out'}", "trainer.max_epochs=-1",
+        "trainer.max_steps=1", "model.val_forecast_windows=4",
+        "eval.max_windows=3", "eval.num_samples=2", "eval.solvers.dpmpp_20=null", "eval.solvers.ddpm_100=null",
+        "eval.calibration.solver=null", "eval.fan_chart.solver=null",
+        "baselines.ar.epochs=1", "baselines.dlinear=null", "baselines.naive=null", "baselines.dlinear_gauss=null",
+        "baselines.seasonal_naive_boot=null",
+    ]))
+    assert result["timediff"]["optimizer_steps"] == 1
+    assert math.isfinite(result["rows"][0]["mse"])

@@ -295,7 +295,10 @@ class TimeDiff(pl.LightningModule):
         if hp.select_by in ("val_forecast", "val_crps"):
             callbacks.append(ValForecastMSE(int(hp.val_forecast_samples), int(hp.val_forecast_steps), seed=int(hp.seed) + 2))
         if hp.early_stopping_patience is not None:
-            callbacks.append(EarlyStopping(monitor=self.selection_metric, mode="min", patience=int(hp.early_stopping_patience)))
+            # strict=False: a budget that ends before the first validation (trainer.max_steps below an epoch) has no
+            # metric to check yet; that is not an error
+            callbacks.append(EarlyStopping(monitor=self.selection_metric, mode="min", patience=int(hp.early_stopping_patience),
+                                           strict=False))
         ema = EMA(float(hp.ema_decay)) if hp.ema_decay else None
         return callbacks + ([ema] if ema else []) + [RestoreBestWeights(self.selection_metric, ema=ema)]
 

@@ -311,6 +311,10 @@ def validate(cfg: Any, command: str) -> None:
             value = _get(cfg, key)
             if value not in (_MISSING, None, "") and not Path(str(value)).expanduser().is_file():
                 raise ConfigError(f"{key}={value}: no such file; pass an existing .npy array of shape (N, length, channels).")
+    if command == "forecast" and _get(cfg, "eval.antithetic") is True and _get(cfg, "eval.num_samples") not in (_MISSING, None) \
+            and int(_get(cfg, "eval.num_samples")) % 2:
+        raise ConfigError(f"eval.num_samples={_get(cfg, 'eval.num_samples')} is odd but eval.antithetic=true samples in pairs; "
+                          "use an even eval.num_samples (e.g. 10) or eval.antithetic=false.")
     if command == "train":
         _check_train(cfg)
     else:
