@@ -84,3 +84,15 @@ def test_guidance_is_built_from_the_config(model):
     OmegaConf.update(cfg, "sampler.guidance", {"_target_": f"{__name__}.constant_x0", "_partial_": True, "value": 5.0}, force_add=True)
     out = build_sampler(cfg, model, "cpu").sample(2, 3, seed=0)
     torch.testing.assert_close(out, torch.full_like(out, 5.0))
+
+
+def test_quality_presets_set_the_verdicts_strength_and_the_command_line_still_wins():
+    fast = _cfg()
+    assert fast.num_samples == 256 and fast.quality.discriminative_iterations == 300 and fast.quality.enabled
+    paper = _cfg("quality=paper")
+    assert paper.num_samples == 2048 and paper.quality.num_runs == 5
+    assert paper.quality.discriminative_iterations == 2000 and paper.quality.context_fid_iterations is None
+    assert paper.quality.reference_size is None
+    mixed = _cfg("quality=paper", "num_samples=512", "quality.num_runs=2")
+    assert mixed.num_samples == 512 and mixed.quality.num_runs == 2 and mixed.quality.discriminative_iterations == 2000
+    assert _cfg("quality.enabled=false").quality.enabled is False
