@@ -118,3 +118,51 @@ def test_invalid_model_arguments():
         _model(parameterization="score")
     with pytest.raises(ValueError, match="ema_decay"):
         _model(ema_decay=1.0)
+
+
+@pytest.mark.parametrize("fourier", [True, False])
+def test_support_clamp_keeps_predictions_and_samples_in_the_training_range_but_not_the_loss(fourier):
+    """clip_x0 clamps x0_hat per channel in the time domain (Diffusion-TS's clip_denoised); training never clamps."""
+    torch.manual_seed(0)
+    windows = torch.rand(64, 8, 2) * torch.tensor([1.0, 4.0]) + torch.tensor([0.0, -2.0])  # [0,1] and [-2,2]
+    m = _model(fourier_transform=fourier, clip_x0=True).eval()
+    m.fit_data_std(windows)
+    torch.testing.assert_close(m.data_min, windows.amin(dim=(0, 1)))
+    torch.testing.assert_close(m.data_max, windows.amax(dim=(0, 1)))
+    z = m.encode(torch.randn(16, 8, 2) * 10)
+    x0 = m.decode(m.denoise(z, torch.full((16,), 0.5)))
+    assert (x0 >= m.data_min - 1e-5).all() and (x0 <= m.data_max + 1e-5).all()
+    raw = m.decode(m.denoise(z, torch.full((16,), 0.5), clip=False))
+    assert ((raw < m.data_min) | (raw > m.data_max)).any()  # the clamp did something
+    out = DiffusionSampler(m, solver="ddim", progress=False).sample(8, 5, seed=0)
+    assert (out >= m.data_min - 1e-4).all() and (out <= m.data_max + 1e-4).all()
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    m.clip_x0 = False
+    plain = m.diffusion_loss(windows, gen())
+    m.clip_x0 = True
+    torch.testing.assert_close(m.diffusion_loss(windows, gen()), plain)
+
+
+def test_runs_saved_before_the_support_clamp_load_without_a_range():
+    m = _model(clip_x0=True)
+    m.fit_data_std(torch.rand(32, 8, 2))
+    state = {k: v for k, v in m.state_dict().items() if k not in ("data_min", "data_max")}
+    fresh = _model(clip_x0=True)
+    fresh.load_state_dict(state, strict=True)
+    assert torch.isinf(fresh.data_min).all() and torch.isinf(fresh.data_max).all()
+    z = torch.randn(4, 8, 2)
+    torch.testing.assert_close(fresh.denoise(z, torch.full((4,), 0.3)), fresh.denoise(z, torch.full((4,), 0.3), clip=False))
+    with pytest.raises(ValueError, match="clip_x0"):
+        _model(parameterization="eps", clip_x0=True)
+
+
+def test_the_support_clamp_is_a_sampling_time_setting_of_cmd_sample():
+    from omegaconf import OmegaConf
+
+    from tsdiff.tasks.sampler_cfg import apply_model_settings
+
+    m = _model()
+    apply_model_settings(OmegaConf.create({"model_settings": {"clip_x0": True}}), m)
+    assert m.clip_x0 is True
+    with pytest.raises(ValueError, match="no sampling-time setting 'skip'"):
+        apply_model_settings(OmegaConf.create({"model_settings": {"skip": "diagonal"}}), m)
