@@ -86,3 +86,25 @@ def test_l2d_interrupted_mid_stage_resumes_to_the_uninterrupted_result(runs_dir,
     w_res = torch.load(Path(resumed["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for key in w_ref:
         torch.testing.assert_close(w_res[key], w_ref[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_basicmotions_experiment_builds_the_measured_recipe(tmp_path):
+    """`+experiment=l2d_basicmotions` = the UEA datamodule with TRAIN + TEST pooled and L2D-Diff with the longer latent
+    stage (12000 steps) that keeps BasicMotions' two tight latent clusters apart (docs/l2d_diff.md)."""
+    from hydra.utils import instantiate
+
+    from tsdiff.models.l2d_diff import L2DDiff
+
+    lines = [f"{','.join(str(i + 0.1 * t) for t in range(6))}:{','.join(str(-t) for t in range(6))}:{'ab'[i % 2]}"
+             for i in range(20)]
+    header = "@problemName BasicMotions\n@timeStamps false\n@univariate false\n@dimensions 2\n@equalLength true\n@classLabel true a b\n@data\n"
+    for part in ("TRAIN", "TEST"):
+        (tmp_path / f"BasicMotions_{part}.ts").write_text(header + "\n".join(lines) + "\n")
+    cfg = compose_cfg("train", ["+experiment=l2d_basicmotions", f"datamodule.data_dir={tmp_path}"])
+    assert cfg.trainer.max_epochs == -1 and cfg.datamodule.merge_test and cfg.datamodule.batch_size == 16
+    dm = instantiate(cfg.datamodule)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.n_classes == 2 and dm.train_array("train").shape[1:] == (6, 2)
+    model = instantiate(cfg.model, n_channels=2, max_len=6)
+    assert isinstance(model, L2DDiff) and model.budget == [600, 12000, 1500]

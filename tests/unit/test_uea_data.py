@@ -141,3 +141,14 @@ def test_class_coverage_histograms_and_tvd():
     assert res["classifier_accuracy"] == 1.0
     assert res["sets"]["real"]["tvd"] < 0.2 and res["sets"]["one_class"]["classes_covered"] == 1
     assert res["sets"]["one_class"]["tvd"] == pytest.approx(1 - res["real"][1], abs=1e-3)
+
+
+def test_class_coverage_matches_runs_by_data_not_by_seed_or_unset_options():
+    from omegaconf import OmegaConf
+
+    from tsdiff.tasks.class_coverage import data_identity
+
+    old = OmegaConf.create({"name": "BasicMotions", "merge_test": True, "seed": 0})
+    new = OmegaConf.create({"name": "BasicMotions", "merge_test": True, "seed": 2, "kaggle_slug": None})
+    assert data_identity(old) == data_identity(new)  # another split seed, an option added later and left unset
+    assert data_identity(old) != data_identity({"name": "BasicMotions", "merge_test": False, "seed": 0})

@@ -38,6 +38,13 @@ def _samples_dir(run_dir: Path, index: int = -1) -> Path:
     return folders[index]
 
 
+def data_identity(datamodule_cfg: Any) -> dict:
+    """What names a run's data set: its datamodule config without the seed of its split and without unset (null)
+    options, so that a run saved before an option existed (e.g. ``kaggle_slug``) still matches a newer one."""
+    items = OmegaConf.to_container(datamodule_cfg) if isinstance(datamodule_cfg, DictConfig) else dict(datamodule_cfg)
+    return {k: v for k, v in items.items() if k != "seed" and v is not None}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
@@ -58,12 +65,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm.setup("fit")
     if not hasattr(dm, "labels"):
         raise ValueError(f"{type(dm).__name__} has no class labels; class coverage needs a labelled set (datamodule=japanese_vowels or uea)")
-    def data_of(run_dir: Path) -> dict:  # the data set, whatever the seed of its split
-        return {k: v for k, v in OmegaConf.to_container(load_run_config(run_dir).datamodule).items() if k != "seed"}
-
     for name, dirs in runs.items():
         for d in dirs:
-            if data_of(d) != data_of(first):
+            if data_identity(load_run_config(d).datamodule) != data_identity(load_run_config(first).datamodule):
                 raise ValueError(f"run '{d.name}' ({name}) was trained on other data than '{first.name}'; compare runs of one data set")
     train, y = dm.train_array("train"), dm.labels("train")
     held_x = np.concatenate([dm.train_array("val"), dm.train_array("test")])
