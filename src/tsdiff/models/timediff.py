@@ -17,10 +17,10 @@ Shapes: lookback ``(B, L, C)``, future ``(B, H, C)``; the paper writes them ``d 
 * **Ablations** (Sec. 4.3): ``future_mixup``, ``mixup`` / ``mixup_tau`` (Table 5), ``use_ar`` (Table 4).
 * **Departures** (the Python defaults are the paper's; the config turns them on): ``ar_skip``
   (``F = z_ar + F_net``), ``zero_init``, ``ema_decay``, ``select_by="val_crps"``, channel
-  independence (Appendix C), and ``ar_fit="ridge"`` + ``freeze_ar``: ``M_ar`` is pretrained (Sec. 3.2.2) by the
-  closed-form minimiser of the same l2 loss plus a ridge penalty chosen on val, then kept fixed - 20 epochs of
-  Adam stop short of that minimum, and the diffusion loss pulls the weights away from it. Why, with the
-  measurements: ``docs/timediff.md``.
+  independence (Appendix C); ``conf/experiment/timediff_etth1.yaml`` adds ``ar_fit="ridge"`` + ``freeze_ar``:
+  ``M_ar`` is pretrained (Sec. 3.2.2) by the closed-form minimiser of the same l2 loss plus a ridge penalty
+  chosen on val, then kept fixed - 20 epochs of Adam stop short of that minimum, and the diffusion loss pulls
+  the weights away from it. Why, with the measurements: ``docs/timediff.md``.
 * **Calibration** (issue 16; the Python defaults are the paper's, the config turns them on): ``mixup_source="diffused"`` mixes the diffused
   future ``x^k`` instead of the clean one into ``z_mix``, so the condition carries no more of the truth
   than the denoiser's own input (with clean mixup the x0-denoiser reads the truth from ``c`` and learns to
