@@ -70,3 +70,10 @@ def test_unknown_ar_fit_is_refused():
     for build in (lambda: tiny(ar_fit="sgd"), lambda: ARPretraining(fit="sgd"), lambda: ARForecaster(fit="sgd")):
         with pytest.raises(ValueError, match="sgd"):
             build()
+
+
+def test_a_hydra_ridge_list_is_kept_as_plain_floats():
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    model = tiny(ar_fit="ridge", ar_ridge=OmegaConf.create([0.1, 1]))  # what instantiate passes from the config
+    assert type(model.hparams.ar_ridge) is list and model.hparams.ar_ridge == [0.1, 1.0]  # loadable with weights_only

@@ -141,6 +141,8 @@ class TimeDiff(pl.LightningModule):
             raise ValueError(f"mixup_source={mixup_source!r} is unknown; choose one of {', '.join(MIXUP_SOURCES)}")
         if ar_fit not in AR_FITS:
             raise ValueError(f"ar_fit={ar_fit!r} is unknown; choose one of {', '.join(AR_FITS)}")
+        # plain floats: save_hyperparameters reads this local, and a Hydra ListConfig would not load with weights_only=True
+        ar_ridge = float(ar_ridge) if isinstance(ar_ridge, (int, float)) else [float(r) for r in ar_ridge]
         if gaussian_skip and parameterization != "x0":
             raise ValueError("gaussian_skip shapes the x0-prediction; use parameterization=x0 or gaussian_skip=false")
         self.save_hyperparameters(ignore=["condition_net", "denoiser", "ar_model", "schedule"])
