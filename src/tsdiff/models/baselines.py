@@ -8,7 +8,8 @@ them next to TimeDiff on the same windows.
 
 * :class:`SeasonalNaive` - repeat the last season (``season_length=1``: the last value).
 * :class:`ARForecaster` - the linear AR model of TimeDiff's eq. (16) alone, on instance-normalized
-  windows, fitted exactly as TimeDiff pretrains it (:func:`fit_point_model`, 20 epochs of Adam).
+  windows, fitted exactly as TimeDiff pretrains it: 20 epochs of Adam (:func:`fit_point_model`, the paper) or
+  the closed-form ridge least squares of :func:`fit_ar_least_squares` (``fit="ridge"``).
 * :class:`DLinearForecaster` - DLinear (Zeng et al., AAAI 2023), early-stopped on val MSE.
 
 :func:`fit_point_model` is the one MSE training loop shared by these and by TimeDiff's AR pretraining.
@@ -34,6 +35,8 @@ __all__ = [
     "DLinearForecaster",
     "fit_point_model",
     "evaluate_point_model",
+    "fit_ar_least_squares",
+    "AR_FITS",
 ]
 
 log = logging.getLogger(__name__)
@@ -149,6 +152,63 @@ def fit_point_model(
     return history
 
 
+#: how the AR model of eq. (16) is fitted: Adam epochs (the paper) | closed-form ridge least squares
+AR_FITS = ("adam", "ridge")
+
+
+@torch.no_grad()
+def _normal_equations(loader: Iterable[Batch], n_channels: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Per variable ``A = X1^T X1``, ``B = X1^T Y`` and ``sum Y^2`` of the instance-normalized windows
+    (``X1`` = lookback and a column of ones), accumulated in float64 over the loader's batches."""
+    a = b = yy = None
+    n = 0
+    for batch in loader:
+        lookback, future = batch["lookback"].double(), batch["future"].double()
+        x, mean, std = instance_normalize(lookback, eps)
+        y = (future - mean) / std
+        x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (B, L + 1, C)
+        parts = (torch.einsum("blc,bmc->clm", x1, x1), torch.einsum("blc,bhc->clh", x1, y), (y * y).sum((0, 1)))
+        a, b, yy = parts if a is None else (a + parts[0], b + parts[1], yy + parts[2])
+        n += x.shape[0]
+    if a is None or a.shape[0] != n_channels:
+        raise ValueError(f"the AR least-squares fit needs a non-empty loader of {n_channels}-variable windows")
+    return a, b, yy, n
+
+
+def fit_ar_least_squares(net: ARLinear, train_loader: Iterable[Batch], ridge: float | Iterable[float] = 0.3,
+                         val_loader: Iterable[Batch] | None = None, eps: float = 1e-3) -> dict[str, Any]:
+    """Set ``net`` (:class:`ARLinear`) to the exact minimiser of TimeDiff's AR pretraining loss (Sec. 3.2.2:
+    the l2 error of ``z_ar`` in the instance-normalized space) plus ``ridge * N * ||W||^2`` (the bias is not
+    penalised), per variable in closed form - the classical least-squares AR fit, which 20 epochs of Adam on
+    a ``L x H`` map per variable only approach. Several ``ridge`` values: the one with the lowest val MSE
+    (normalized space, from ``val_loader``'s normal equations). Returns ``{"ridge", "val_mse", "train_mse"}``."""
+    ridges = [float(r) for r in ([ridge] if isinstance(ridge, (int, float)) else ridge)]
+    if not ridges or min(ridges) < 0:
+        raise ValueError(f"ridge must be a non-negative number or a non-empty list of them, got {ridge!r}")
+    if len(ridges) > 1 and val_loader is None:
+        raise ValueError(f"{len(ridges)} ridge values are chosen on validation windows: pass val_loader or one value")
+    a, b, yy, n = _normal_equations(train_loader, net.n_channels, eps)
+    val = _normal_equations(val_loader, net.n_channels, eps) if val_loader is not None else None
+    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    eye[-1, -1] = 0.0  # the bias is not shrunk
+
+    def mse(w: torch.Tensor, eq: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]) -> float:
+        # sum ||X1 W - Y||^2 from the normal equations: tr(W^T A W) - 2 tr(W^T B) + sum Y^2
+        a_, b_, yy_, n_ = eq
+        sse = torch.einsum("clh,clm,cmh->", w, a_, w) - 2 * (w * b_).sum() + yy_.sum()
+        return float(sse) / (n_ * net.horizon * net.n_channels)
+
+    fits = []
+    for r in ridges:
+        w = torch.linalg.solve(a + r * n * eye, b)  # (C, L + 1, H)
+        fits.append((mse(w, val) if val is not None else float("nan"), r, w))
+    val_mse, best, w = min(fits, key=lambda f: f[0]) if val is not None else fits[0]
+    net.weight.data.copy_(w[:, :-1].permute(1, 0, 2).to(net.weight))
+    net.bias.data.copy_(w[:, -1].T.to(net.bias))
+    return {"ridge": best, "val_mse": val_mse, "train_mse": mse(w, (a, b, yy, n)),
+            "val_mse_by_ridge": {r: v for v, r, _ in fits}}
+
+
 @runtime_checkable
 class Forecaster(Protocol):
     """What the forecast harness needs from a baseline."""
@@ -240,22 +300,32 @@ class _NetForecaster:
 class ARForecaster(_NetForecaster):
     """TimeDiff's linear AR model (eq. 16) used alone, fitted as TimeDiff pretrains it (Sec. 3.2.2).
 
-    Works on instance-normalized windows (``eps`` as TimeDiff's ``norm_eps``) and is trained for
-    ``epochs`` (20 in the paper) with Adam on the normalized-space l2 loss; no early stopping.
+    Works on instance-normalized windows (``eps`` as TimeDiff's ``norm_eps``). ``fit="adam"`` (the paper):
+    ``epochs`` (20) of Adam on the normalized-space l2 loss, no early stopping; ``fit="ridge"``: the closed-form
+    least squares of :func:`fit_ar_least_squares`, ``ridge`` chosen on the val split when it is a list.
     """
 
     name = "ar"
 
     def __init__(self, epochs: int = 20, lr: float = 1e-3, eps: float = 1e-3, seed: int = 0,
-                 max_batches_per_epoch: int | None = None):
+                 max_batches_per_epoch: int | None = None, fit: str = "adam", ridge: float | Iterable[float] = 0.3):
         super().__init__(epochs, lr, None, seed, max_batches_per_epoch)
-        self.eps = float(eps)
+        if fit not in AR_FITS:
+            raise ValueError(f"AR fit={fit!r} is unknown; choose one of {', '.join(AR_FITS)}")
+        self.eps, self.fit_kind = float(eps), fit
+        self.ridge = [float(r) for r in ridge] if isinstance(ridge, Iterable) else float(ridge)
         self._predict = instance_normalized(self.eps)
 
     def build(self, lookback: int, horizon: int, n_channels: int) -> nn.Module:
         return ARLinear(n_channels, lookback, horizon)
 
     def fit(self, datamodule: Any) -> "ARForecaster":
+        if self.fit_kind == "ridge":
+            self.net = self.build(datamodule.lookback, datamodule.horizon, datamodule.n_channels)
+            several = isinstance(self.ridge, list) and len(self.ridge) > 1
+            self.history = fit_ar_least_squares(self.net, datamodule.train_dataloader(), self.ridge, eps=self.eps,
+                                                val_loader=datamodule.val_dataloader() if several else None)
+            return self
         self._fit(datamodule, loss_space="normalized", eps=self.eps)
         return self
 

@@ -21,7 +21,7 @@ import torch
 from pytorch_lightning.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from tsdiff.models.baselines import fit_point_model
+from tsdiff.models.baselines import AR_FITS, fit_ar_least_squares, fit_point_model
 from tsdiff.sampling.forecast import sample_forecasts
 
 __all__ = ["EMA", "RestoreBestWeights", "ARPretraining", "ValForecastMSE", "pretrain_ar"]
@@ -131,11 +131,23 @@ class RestoreBestWeights(pl.Callback):
 
 
 def pretrain_ar(model: Any, train_loader: Iterable[dict[str, torch.Tensor]], epochs: int, lr: float = 1e-3,
-                eps: float = 1e-3) -> dict[str, Any]:
+                eps: float = 1e-3, fit: str = "adam", ridge: float | Iterable[float] = 0.3,
+                val_loader: Iterable[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """Fit ``model.ar_model`` by minimising ``||z_ar - x_future||^2`` in the instance-normalized space
-    (TimeDiff Sec. 3.2.2) and set ``model.ar_pretrained``; frozen weights stay frozen afterwards."""
+    (TimeDiff Sec. 3.2.2) and set ``model.ar_pretrained``; frozen weights stay frozen afterwards.
+    ``fit="adam"``: ``epochs`` of Adam (the paper); ``fit="ridge"``: the closed-form minimiser plus a ridge
+    penalty (:func:`tsdiff.models.baselines.fit_ar_least_squares`; a list of ``ridge`` values is chosen on
+    ``val_loader``)."""
     if model.ar_model is None:
         raise RuntimeError("use_ar=false: this TimeDiff has no AR model to pretrain")
+    if fit not in AR_FITS:
+        raise ValueError(f"ar_fit={fit!r} is unknown; choose one of {', '.join(AR_FITS)}")
+    if fit == "ridge":
+        info = fit_ar_least_squares(model.ar_model, train_loader, ridge, val_loader=val_loader, eps=eps)
+        model.ar_pretrained.fill_(True)
+        log.info("AR least squares: ridge %g, train MSE %.4f, val MSE %.4f (normalized space)", info["ridge"],
+                 info["train_mse"], info["val_mse"])
+        return info
     if epochs == 0:
         log.warning("ar_pretrain_epochs=0: the AR model starts from its random initialization")
         return {"train_loss": []}
@@ -151,26 +163,35 @@ def pretrain_ar(model: Any, train_loader: Iterable[dict[str, torch.Tensor]], epo
 class ARPretraining(pl.Callback):
     """Pretrain the AR model on the training split at fit start, once: the ``ar_pretrained`` buffer goes
     into checkpoints, so a resumed or reloaded model is not pretrained twice. The loader is the
-    datamodule's ``train_dataloader()`` (``train_loader`` overrides it)."""
+    datamodule's ``train_dataloader()`` (``train_loader`` overrides it); ``fit="ridge"`` with several
+    ``ridge`` values also reads its ``val_dataloader()`` (``val_loader`` overrides it)."""
 
     def __init__(self, epochs: int = 20, lr: float = 1e-3, eps: float = 1e-3,
-                 train_loader: Iterable[dict[str, torch.Tensor]] | None = None):
+                 train_loader: Iterable[dict[str, torch.Tensor]] | None = None, fit: str = "adam",
+                 ridge: float | Iterable[float] = 0.3, val_loader: Iterable[dict[str, torch.Tensor]] | None = None):
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"ar_pretrain_epochs must be a non-negative integer, got {epochs!r}")
+        if fit not in AR_FITS:
+            raise ValueError(f"ar_fit={fit!r} is unknown; choose one of {', '.join(AR_FITS)}")
         self.epochs, self.lr, self.eps, self.train_loader = epochs, lr, eps, train_loader
+        self.fit, self.val_loader = fit, val_loader
+        self.ridge = [float(r) for r in ridge] if isinstance(ridge, Iterable) else float(ridge)
         self.seconds = 0.0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if pl_module.ar_model is None or bool(pl_module.ar_pretrained):
             return
-        loader = self.train_loader
-        if loader is None:
+        loader, val_loader = self.train_loader, self.val_loader
+        several = self.fit == "ridge" and isinstance(self.ridge, list) and len(self.ridge) > 1
+        if loader is None or (several and val_loader is None):
             if trainer.datamodule is None:
                 raise RuntimeError("TimeDiff's AR model is pretrained on the training split (Sec. 3.2.2) but the trainer has "
                                    "no datamodule: fit with datamodule=..., or set model.ar_pretrain_epochs=0 to skip it.")
-            loader = trainer.datamodule.train_dataloader()
+            loader = loader if loader is not None else trainer.datamodule.train_dataloader()
+            val_loader = val_loader if val_loader is not None or not several else trainer.datamodule.val_dataloader()
         start = time.perf_counter()
-        pretrain_ar(pl_module, loader, self.epochs, self.lr, self.eps)
+        pretrain_ar(pl_module, loader, self.epochs, self.lr, self.eps, fit=self.fit, ridge=self.ridge,
+                    val_loader=val_loader if several else None)
         self.seconds = time.perf_counter() - start
 
 

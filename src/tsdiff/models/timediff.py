@@ -16,8 +16,11 @@ Shapes: lookback ``(B, L, C)``, future ``(B, H, C)``; the paper writes them ``d 
   denoiser predicts ``x0`` (eq. 19; ``parameterization="eps"`` is Table 6's ablation).
 * **Ablations** (Sec. 4.3): ``future_mixup``, ``mixup`` / ``mixup_tau`` (Table 5), ``use_ar`` (Table 4).
 * **Departures** (the Python defaults are the paper's; the config turns them on): ``ar_skip``
-  (``F = z_ar + F_net``), ``zero_init``, ``ema_decay``, ``select_by="val_crps"``, and channel
-  independence (Appendix C). Why, with the measurements: ``docs/timediff.md``.
+  (``F = z_ar + F_net``), ``zero_init``, ``ema_decay``, ``select_by="val_crps"``, channel
+  independence (Appendix C); ``conf/experiment/timediff_etth1.yaml`` adds ``ar_fit="ridge"`` + ``freeze_ar``:
+  ``M_ar`` is pretrained (Sec. 3.2.2) by the closed-form minimiser of the same l2 loss plus a ridge penalty
+  chosen on val, then kept fixed - 20 epochs of Adam stop short of that minimum, and the diffusion loss pulls
+  the weights away from it. Why, with the measurements: ``docs/timediff.md``.
 * **Calibration** (issue 16; the Python defaults are the paper's, the config turns them on): ``mixup_source="diffused"`` mixes the diffused
   future ``x^k`` instead of the clean one into ``z_mix``, so the condition carries no more of the truth
   than the denoiser's own input (with clean mixup the x0-denoiser reads the truth from ``c`` and learns to
@@ -38,6 +41,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from tsdiff.diffusion.schedules import CosineSchedule, NoiseSchedule
+from tsdiff.models.baselines import AR_FITS
 from tsdiff.models.callbacks import EMA, ARPretraining, RestoreBestWeights, ValForecastMSE
 from tsdiff.nets.baselines import instance_denormalize, instance_normalize
 from tsdiff.nets.timediff import MIXUP_KINDS, draw_channels, gather_channels, mixup_mask
@@ -111,7 +115,8 @@ class TimeDiff(pl.LightningModule):
             ``denoiser(x, k, c)``; ``cond_channels`` is ``2 C`` (``[z_mix, z_ar]``) or ``C`` without AR.
         ar_model: ``M_ar``, a module or a factory ``(n_channels, lookback, horizon)``; used when ``use_ar``.
         schedule: the discrete schedule (default: cosine, K = 100, betas in [1e-4, 0.1]).
-        ar_pretrain_epochs, ar_lr, ema_decay, select_by, early_stopping_patience, val_forecast_*: the
+        ar_pretrain_epochs, ar_lr, ar_fit, ar_ridge, ema_decay, select_by, early_stopping_patience,
+            val_forecast_*: the
             training recipe, turned into callbacks by :meth:`configure_callbacks`.
     """
 
@@ -123,7 +128,8 @@ class TimeDiff(pl.LightningModule):
                  mixup_segment_mean: float = 3.0, use_ar: bool = True, ar_skip: bool = False, zero_init: bool = False,
                  channel_independent: bool = False, ci_channels_per_step: int | None = None, freeze_ar: bool = False,
                  norm_eps: float = 1e-3, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
-                 ar_pretrain_epochs: int = 20, ar_lr: float = 1e-3, ema_decay: float | None = None,
+                 ar_pretrain_epochs: int = 20, ar_lr: float = 1e-3, ar_fit: str = "adam",
+                 ar_ridge: float | list[float] = 0.3, ema_decay: float | None = None,
                  select_by: str = "val_loss", early_stopping_patience: int | None = 10, val_forecast_windows: int = 64,
                  val_forecast_samples: int = 2, val_forecast_steps: int = 10, **net_sizes: int):
         super().__init__()
@@ -133,6 +139,10 @@ class TimeDiff(pl.LightningModule):
         EMA.check_decay(ema_decay)
         if mixup_source not in MIXUP_SOURCES:
             raise ValueError(f"mixup_source={mixup_source!r} is unknown; choose one of {', '.join(MIXUP_SOURCES)}")
+        if ar_fit not in AR_FITS:
+            raise ValueError(f"ar_fit={ar_fit!r} is unknown; choose one of {', '.join(AR_FITS)}")
+        # plain floats: save_hyperparameters reads this local, and a Hydra ListConfig would not load with weights_only=True
+        ar_ridge = float(ar_ridge) if isinstance(ar_ridge, (int, float)) else [float(r) for r in ar_ridge]
         if gaussian_skip and parameterization != "x0":
             raise ValueError("gaussian_skip shapes the x0-prediction; use parameterization=x0 or gaussian_skip=false")
         self.save_hyperparameters(ignore=["condition_net", "denoiser", "ar_model", "schedule"])
@@ -291,7 +301,8 @@ class TimeDiff(pl.LightningModule):
         hp = self.hparams
         callbacks: list[pl.Callback] = []
         if self.ar_model is not None:
-            callbacks.append(ARPretraining(int(hp.ar_pretrain_epochs), float(hp.ar_lr), eps=float(hp.norm_eps)))
+            callbacks.append(ARPretraining(int(hp.ar_pretrain_epochs), float(hp.ar_lr), eps=float(hp.norm_eps),
+                                           fit=str(hp.ar_fit), ridge=hp.ar_ridge))
         if hp.select_by in ("val_forecast", "val_crps"):
             callbacks.append(ValForecastMSE(int(hp.val_forecast_samples), int(hp.val_forecast_steps), seed=int(hp.seed) + 2))
         if hp.early_stopping_patience is not None:
