@@ -68,3 +68,12 @@ def test_timediff_model_configs_compose(name, ci, hidden):
     assert cfg.model.ar_skip and cfg.model.select_by == "val_crps" and cfg.model.gaussian_skip  # inherited departures
     model = instantiate(cfg.model, lookback=8, horizon=2, n_channels=3, step_sinusoid_dim=8, step_hidden_dim=8)
     assert isinstance(model, TimeDiff) and isinstance(model.denoiser, PerChannelDenoiser) is ci
+
+
+def test_the_energy_recipe_composes_to_what_was_measured():
+    """+experiment=energy: frequency domain, Gaussian skip, 4000 steps, 100 Euler-Maruyama steps stored in the run
+    (the sampler that beat the Gaussian on both scores at paper strength, docs/frequency_diffusion.md)."""
+    cfg = compose_cfg("train", ["+experiment=energy"])
+    assert cfg.datamodule._target_.endswith("EnergyDataModule") and cfg.fourier_transform is True
+    assert cfg.score_model.skip == "gaussian" and cfg.trainer.max_steps == 4000
+    assert cfg.score_model.default_solver == "euler_maruyama" and cfg.score_model.default_steps == 100
