@@ -37,6 +37,7 @@ __all__ = [
     "evaluate_point_model",
     "fit_ar_least_squares",
     "AR_FITS",
+    "check_ar_fit",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,19 @@ def fit_point_model(
 
 #: how the AR model of eq. (16) is fitted: Adam epochs (the paper) | closed-form ridge least squares
 AR_FITS = ("adam", "ridge")
+
+
+def check_ar_fit(fit: str, ridge: float | Iterable[float]) -> float | list[float]:
+    """Refuse an unknown ``ar_fit``; return ``ridge`` as a plain float or a list of plain floats (a Hydra
+    ListConfig in saved hyperparameters would not load with ``weights_only=True``)."""
+    if fit not in AR_FITS:
+        raise ValueError(f"ar_fit={fit!r} is unknown; choose one of {', '.join(AR_FITS)}")
+    return [float(r) for r in ridge] if isinstance(ridge, Iterable) else float(ridge)
+
+
+def chooses_ridge_on_val(fit: str, ridge: float | list[float]) -> bool:
+    """Whether a ridge fit picks among several values, and so reads validation windows."""
+    return fit == "ridge" and isinstance(ridge, list) and len(ridge) > 1
 
 
 @torch.no_grad()
@@ -310,10 +324,8 @@ class ARForecaster(_NetForecaster):
     def __init__(self, epochs: int = 20, lr: float = 1e-3, eps: float = 1e-3, seed: int = 0,
                  max_batches_per_epoch: int | None = None, fit: str = "adam", ridge: float | Iterable[float] = 0.3):
         super().__init__(epochs, lr, None, seed, max_batches_per_epoch)
-        if fit not in AR_FITS:
-            raise ValueError(f"AR fit={fit!r} is unknown; choose one of {', '.join(AR_FITS)}")
+        self.ridge = check_ar_fit(fit, ridge)
         self.eps, self.fit_kind = float(eps), fit
-        self.ridge = [float(r) for r in ridge] if isinstance(ridge, Iterable) else float(ridge)
         self._predict = instance_normalized(self.eps)
 
     def build(self, lookback: int, horizon: int, n_channels: int) -> nn.Module:
@@ -322,7 +334,7 @@ class ARForecaster(_NetForecaster):
     def fit(self, datamodule: Any) -> "ARForecaster":
         if self.fit_kind == "ridge":
             self.net = self.build(datamodule.lookback, datamodule.horizon, datamodule.n_channels)
-            several = isinstance(self.ridge, list) and len(self.ridge) > 1
+            several = chooses_ridge_on_val(self.fit_kind, self.ridge)
             self.history = fit_ar_least_squares(self.net, datamodule.train_dataloader(), self.ridge, eps=self.eps,
                                                 val_loader=datamodule.val_dataloader() if several else None)
             return self

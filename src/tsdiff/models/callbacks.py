@@ -21,7 +21,7 @@ import torch
 from pytorch_lightning.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from tsdiff.models.baselines import AR_FITS, fit_ar_least_squares, fit_point_model
+from tsdiff.models.baselines import check_ar_fit, chooses_ridge_on_val, fit_ar_least_squares, fit_point_model
 from tsdiff.sampling.forecast import sample_forecasts
 
 __all__ = ["EMA", "RestoreBestWeights", "ARPretraining", "ValForecastMSE", "pretrain_ar"]
@@ -140,8 +140,7 @@ def pretrain_ar(model: Any, train_loader: Iterable[dict[str, torch.Tensor]], epo
     ``val_loader``)."""
     if model.ar_model is None:
         raise RuntimeError("use_ar=false: this TimeDiff has no AR model to pretrain")
-    if fit not in AR_FITS:
-        raise ValueError(f"ar_fit={fit!r} is unknown; choose one of {', '.join(AR_FITS)}")
+    check_ar_fit(fit, ridge)
     if fit == "ridge":
         info = fit_ar_least_squares(model.ar_model, train_loader, ridge, val_loader=val_loader, eps=eps)
         model.ar_pretrained.fill_(True)
@@ -171,18 +170,16 @@ class ARPretraining(pl.Callback):
                  ridge: float | Iterable[float] = 0.3, val_loader: Iterable[dict[str, torch.Tensor]] | None = None):
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"ar_pretrain_epochs must be a non-negative integer, got {epochs!r}")
-        if fit not in AR_FITS:
-            raise ValueError(f"ar_fit={fit!r} is unknown; choose one of {', '.join(AR_FITS)}")
+        self.ridge = check_ar_fit(fit, ridge)
         self.epochs, self.lr, self.eps, self.train_loader = epochs, lr, eps, train_loader
         self.fit, self.val_loader = fit, val_loader
-        self.ridge = [float(r) for r in ridge] if isinstance(ridge, Iterable) else float(ridge)
         self.seconds = 0.0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if pl_module.ar_model is None or bool(pl_module.ar_pretrained):
             return
         loader, val_loader = self.train_loader, self.val_loader
-        several = self.fit == "ridge" and isinstance(self.ridge, list) and len(self.ridge) > 1
+        several = chooses_ridge_on_val(self.fit, self.ridge)
         if loader is None or (several and val_loader is None):
             if trainer.datamodule is None:
                 raise RuntimeError("TimeDiff's AR model is pretrained on the training split (Sec. 3.2.2) but the trainer has "

@@ -41,7 +41,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from tsdiff.diffusion.schedules import CosineSchedule, NoiseSchedule
-from tsdiff.models.baselines import AR_FITS
+from tsdiff.models.baselines import check_ar_fit
 from tsdiff.models.callbacks import EMA, ARPretraining, RestoreBestWeights, ValForecastMSE
 from tsdiff.nets.baselines import instance_denormalize, instance_normalize
 from tsdiff.nets.timediff import MIXUP_KINDS, draw_channels, gather_channels, mixup_mask
@@ -139,10 +139,8 @@ class TimeDiff(pl.LightningModule):
         EMA.check_decay(ema_decay)
         if mixup_source not in MIXUP_SOURCES:
             raise ValueError(f"mixup_source={mixup_source!r} is unknown; choose one of {', '.join(MIXUP_SOURCES)}")
-        if ar_fit not in AR_FITS:
-            raise ValueError(f"ar_fit={ar_fit!r} is unknown; choose one of {', '.join(AR_FITS)}")
         # plain floats: save_hyperparameters reads this local, and a Hydra ListConfig would not load with weights_only=True
-        ar_ridge = float(ar_ridge) if isinstance(ar_ridge, (int, float)) else [float(r) for r in ar_ridge]
+        ar_ridge = check_ar_fit(ar_fit, ar_ridge)
         if gaussian_skip and parameterization != "x0":
             raise ValueError("gaussian_skip shapes the x0-prediction; use parameterization=x0 or gaussian_skip=false")
         self.save_hyperparameters(ignore=["condition_net", "denoiser", "ar_model", "schedule"])

@@ -65,9 +65,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm.setup("fit")
     if not hasattr(dm, "labels"):
         raise ValueError(f"{type(dm).__name__} has no class labels; class coverage needs a labelled set (datamodule=japanese_vowels or uea)")
+    first_data = data_identity(load_run_config(first).datamodule)
     for name, dirs in runs.items():
         for d in dirs:
-            if data_identity(load_run_config(d).datamodule) != data_identity(load_run_config(first).datamodule):
+            if data_identity(load_run_config(d).datamodule) != first_data:
                 raise ValueError(f"run '{d.name}' ({name}) was trained on other data than '{first.name}'; compare runs of one data set")
     train, y = dm.train_array("train"), dm.labels("train")
     held_x = np.concatenate([dm.train_array("val"), dm.train_array("test")])
