@@ -94,6 +94,7 @@ CASES: dict[str, Case] = {
     "sample-probe-ratio-2": Case("sample", [*_S, "cache_kwargs.random_probe_ratio=2"], "cache_kwargs.random_probe_ratio=2"),
     "sample-cache-mode": Case("sample", [*_S, "cache_kwargs.mode=fast"], "cache_kwargs.mode='fast'"),
     "sample-directions-0": Case("sample", [*_S, "num_directions=0"], "num_directions=0"),
+    "sample-quality-runs-0": Case("sample", [*_S, "quality.num_runs=0"], "quality.num_runs=0 must be an integer >= 1"),
     "sample-seed-text": Case("sample", [*_S, "seed=abc"], "seed='abc' must be an integer"),
     "sample-device-missing-gpu": Case("sample", [*_S, "device=cuda:7"], "device='cuda:7' is not available"),
     "sample-device-nonsense": Case("sample", [*_S, "device=banana"], "device='banana' must be auto or a torch device"),

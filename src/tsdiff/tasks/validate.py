@@ -178,6 +178,10 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         # the older `solver=` alias (null: the sampler group decides)
         "solver": _choice(None, "auto", "ddpm", "ddim", "dpm_solver++", "dpmpp", "euler_maruyama", "pf_ode"),
         "fourier_transform": _bool(null=True),
+        # the verdict's settings (conf/quality/), checked before sampling so a typo does not cost the samples
+        "quality.enabled": _bool(), "quality.num_runs": _int(1), "quality.context_fid_iterations": _int(1, null=True),
+        "quality.discriminative_iterations": _int(1), "quality.reference_size": _int(2, null=True),
+        "quality.num_threads": _int(1, null=True),
     },
     "evaluate": {
         **_SEED, **_LOGGER, "mode": _choice("paper", "fast"), "num_runs": _int(1, null=True), "scale": _choice("minmax", "none"),
