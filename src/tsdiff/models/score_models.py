@@ -50,7 +50,7 @@ Support clamp (``clip_x0``)
     position, and a per-position box from few windows would be too tight. Training never clamps (the loss sees
     the raw prediction). Runs saved before this option have no range and are never clamped. Off by default:
     on energy it lowers Context-FID but raises the discriminative score, because the clamped values pile up
-    on the bounds where the data does not (docs/frequency_diffusion.md, "Paper strength").
+    on the bounds where the data does not (docs/frequency_diffusion.md, "At paper strength").
 
 Optimisation: AdamW, linear warm-up then cosine decay over the run's optimizer steps, gradient clipping
 from the Trainer config, and an exponential moving average of the weights (``ema_decay``, used for
