@@ -88,9 +88,13 @@ def test_l2d_interrupted_mid_stage_resumes_to_the_uninterrupted_result(runs_dir,
         torch.testing.assert_close(w_res[key], w_ref[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
-def test_basicmotions_experiment_builds_the_measured_recipe(tmp_path):
+@pytest.mark.parametrize("model, variant, budget", [(None, "full", [600, 12000, 1500]),
+                                                   ("l2d_diff_latent_only", "latent_only", [600, 12000, 0]),
+                                                   ("l2d_diff_data_only", "data_only", [0, 0, 1500])])
+def test_basicmotions_experiment_builds_the_measured_recipe(tmp_path, model, variant, budget):
     """`+experiment=l2d_basicmotions` = the UEA datamodule with TRAIN + TEST pooled and L2D-Diff with the longer latent
-    stage (12000 steps) that keeps BasicMotions' two tight latent clusters apart (docs/l2d_diff.md)."""
+    stage (12000 steps) that keeps BasicMotions' two tight latent clusters apart (docs/l2d_diff.md); with
+    `model=<ablation>` on the command line the ablation gets the same stage budgets (like for like, as measured)."""
     from hydra.utils import instantiate
 
     from tsdiff.models.l2d_diff import L2DDiff
@@ -100,11 +104,12 @@ def test_basicmotions_experiment_builds_the_measured_recipe(tmp_path):
     header = "@problemName BasicMotions\n@timeStamps false\n@univariate false\n@dimensions 2\n@equalLength true\n@classLabel true a b\n@data\n"
     for part in ("TRAIN", "TEST"):
         (tmp_path / f"BasicMotions_{part}.ts").write_text(header + "\n".join(lines) + "\n")
-    cfg = compose_cfg("train", ["+experiment=l2d_basicmotions", f"datamodule.data_dir={tmp_path}"])
+    extra = [f"model={model}"] if model else []
+    cfg = compose_cfg("train", ["+experiment=l2d_basicmotions", f"datamodule.data_dir={tmp_path}", *extra])
     assert cfg.trainer.max_epochs == -1 and cfg.datamodule.merge_test and cfg.datamodule.batch_size == 16
     dm = instantiate(cfg.datamodule)
     dm.prepare_data()
     dm.setup("fit")
     assert dm.n_classes == 2 and dm.train_array("train").shape[1:] == (6, 2)
     model = instantiate(cfg.model, n_channels=2, max_len=6)
-    assert isinstance(model, L2DDiff) and model.budget == [600, 12000, 1500]
+    assert isinstance(model, L2DDiff) and model.variant == variant and model.budget == budget
