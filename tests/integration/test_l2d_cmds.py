@@ -113,3 +113,21 @@ def test_basicmotions_experiment_builds_the_measured_recipe(tmp_path, model, var
     assert dm.n_classes == 2 and dm.train_array("train").shape[1:] == (6, 2)
     model = instantiate(cfg.model, n_channels=2, max_len=6)
     assert isinstance(model, L2DDiff) and model.variant == variant and model.budget == budget
+
+
+@pytest.mark.parametrize("model, variant, budget", [(None, "full", [600, 12000, 1500]),
+                                                   ("l2d_diff_latent_only", "latent_only", [600, 12000, 0]),
+                                                   ("l2d_diff_data_only", "data_only", [0, 0, 1500])])
+def test_japanese_vowels_experiment_builds_the_measured_recipe(model, variant, budget):
+    """`+experiment=l2d_japanese_vowels` = the bundled JapaneseVowels and the stage budgets measured in docs/l2d_diff.md
+    (latent stage 12000 steps), the same budgets for an ablation given on the command line."""
+    from hydra.utils import instantiate
+
+    from tsdiff.data import JapaneseVowelsDataModule
+    from tsdiff.models.l2d_diff import L2DDiff
+
+    cfg = compose_cfg("train", ["+experiment=l2d_japanese_vowels", *([f"model={model}"] if model else [])])
+    assert cfg.trainer.max_epochs == -1 and cfg.datamodule.batch_size == 64 and cfg.datamodule.seq_len == 29
+    assert instantiate(cfg.datamodule).__class__ is JapaneseVowelsDataModule
+    built = instantiate(cfg.model, n_channels=12, max_len=29)
+    assert isinstance(built, L2DDiff) and built.variant == variant and built.budget == budget
