@@ -143,3 +143,13 @@ def test_a_step_budget_below_one_epoch_trains_and_scores(tmp_path):
     ]))
     assert result["timediff"]["optimizer_steps"] == 1
     assert math.isfinite(result["rows"][0]["mse"])
+
+
+@pytest.mark.parametrize("command", ["forecast", "train"])
+def test_etth1_experiment_carries_the_settings_chosen_on_val(command):
+    """The ETTh1 numbers of docs/timediff.md come from these settings (each chosen on the val split): both
+    commands must train the same 300-step, fixed least-squares-AR model, not the 6-epoch default budget."""
+    cfg = _compose(command, ["model=timediff_ci", "+experiment=timediff_etth1"])
+    assert (cfg.datamodule.lookback, cfg.datamodule.horizon) == (336, 168)
+    assert cfg.model.ar_fit == "ridge" and cfg.model.freeze_ar is True
+    assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches) == (3, 100)
