@@ -31,5 +31,5 @@ def test_train_sample_with_reflection_and_evaluate(runs_dir, model, extra):
         assert set(quality["sets"]) == {"model", "gaussian", "held_out"}
         assert set(quality["beats_gaussian"]) == {"context_fid", "discriminative"}
     # 5 steps: round(0.4 x 4) = 2 reflected transitions x 2 repeats = 4 extra network evaluations
-    assert plain["sampling"]["network_evaluations"] == 5 and plain["sampling"]["solver"] == "ddpm"
+    assert plain["sampling"]["network_evaluations"] == 5 and plain["sampling"]["solver"] == "ddim"
     assert refl["sampling"]["network_evaluations"] == 9 and refl["sampling"]["solver"] == "reflection"

@@ -9,8 +9,10 @@ its backbone, trained and sampled through the same commands (``python cmd/train.
   real and imaginary parts. ``fourier_weight=None`` is the paper's ``sqrt(L) / 5``. The real FFT replaces
   the full FFT of the reference code (which counts each frequency twice through its mirrored bin).
   Diffusion-TS also reweights the loss per step; we keep uniform weights over steps (stated, not measured).
-* **Sampling**: through :class:`~tsdiff.sampling.DiffusionSampler` (``default_solver`` ``ddpm``: ancestral on
-  the respaced schedule; ``sampler=reflection`` is R-Sampling, :mod:`tsdiff.sampling.reflection`).
+* **Sampling**: through :class:`~tsdiff.sampling.DiffusionSampler` (``default_solver`` ``ddim``: deterministic
+  DDIM on the respaced schedule -- Diffusion-TS samples ancestrally, but at 100 of 500 steps the ancestral
+  sampler is not converged and DDIM's C-FID is lower for this backbone and K-ProtoDiff on every measured seed;
+  ``ddpm`` stays available; ``sampler=reflection`` is R-Sampling, :mod:`tsdiff.sampling.reflection`).
 * **Optimisation**: Adam, linear warm-up then cosine decay, an EMA of the weights
   (:class:`tsdiff.models.callbacks.EMA`) that the checkpoint holds after training.
 """
@@ -54,7 +56,7 @@ class DiffusionTS(pl.LightningModule):
     def __init__(self, n_channels: int | None = None, max_len: int | None = None, *, net: Net | None = None,
                  schedule: NoiseSchedule | None = None, loss: str = "l2", fourier_weight: float | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.0, lr_warmup_steps: int = 200, ema_decay: float | None = 0.995,
-                 default_solver: str = "ddpm", precondition: bool = False, seed: int = 0):
+                 default_solver: str = "ddim", precondition: bool = False, seed: int = 0):
         super().__init__()
         name = type(self).__name__
         if n_channels is None or max_len is None:
