@@ -229,7 +229,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if is_global_zero():
         info = update_run_info(run_dir, status="done", finished=utc_now(), last_step=result["optimizer_steps"],
                                **{k: v for k, v in result.items() if k not in ("run_dir",)})
+    _close_process_group()
     return result
+
+
+def _close_process_group() -> None:
+    """Close the process group Lightning opened for a multi-process run once the run is recorded. Left to interpreter
+    exit, gloo's threads are torn down in no fixed order and a rank can abort ("terminate called without an active
+    exception", exit status -6) after a run that finished fine; the barrier lets rank 0 finish its run record first."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _fit(cfg, model, dm, run_id, run_dir: Path, ckpt_path: Path | None, interrupt: GracefulInterrupt) -> dict[str, Any]:
