@@ -296,7 +296,7 @@ class ScoreModule(pl.LightningModule):
 
     def clamp_to_support(self, z0: torch.Tensor) -> torch.Tensor:
         """Clamp a data prediction (diffusion variable) to each channel's training range in the time domain."""
-        return self.encode(torch.maximum(torch.minimum(self.decode(z0), self.data_max), self.data_min))
+        return self.encode(self.decode(z0).clamp(self.data_min, self.data_max))
 
     def cache_interface(self) -> CacheInterface:
         """What a cache may use (:mod:`tsdiff.caching.interface`): the network and its token blocks
