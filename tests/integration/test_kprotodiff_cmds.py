@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import train_tiny
 from test_train_sample_cmds import sample_run
@@ -17,7 +18,9 @@ TINY = ["model.net.d_model=8", "model.net.num_heads=2", "model.net.dim_feedforwa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, extra", [("kprotodiff", ["model.prototypes.n_prototypes=2"]), ("diffusion_ts", [])])
+@pytest.mark.parametrize("model, extra", [("kprotodiff", ["model.prototypes.n_prototypes=2"]), ("diffusion_ts", []),
+                                          ("kprotodiff", ["model.prototypes.n_prototypes=2", "model.prototypes.channelwise=true",
+                                                          "model.code_segments=[1,2]", "model.prior_bank=64"])])
 def test_train_sample_with_reflection_and_evaluate(runs_dir, model, extra):
     out = train_tiny(runs_dir, f"model={model}", *TINY, *extra, datamodule="sines")
     run_dir = Path(out["run_dir"])
@@ -33,3 +36,6 @@ def test_train_sample_with_reflection_and_evaluate(runs_dir, model, extra):
     # 5 steps: round(0.4 x 4) = 2 reflected transitions x 2 repeats = 4 extra network evaluations
     assert plain["sampling"]["network_evaluations"] == 5 and plain["sampling"]["solver"] == "ddim"
     assert refl["sampling"]["network_evaluations"] == 9 and refl["sampling"]["solver"] == "reflection"
+    if "model.prior_bank=64" in extra:  # channel-wise, multi-scale codes: the prior bank was refilled when training ended
+        state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        assert int(state["code_bank_seen"]) == 64 and state["code_bank"].shape == (64, 2 * 5 * (1 + 2))

@@ -201,7 +201,7 @@ def test_preconditioning_keeps_the_input_at_low_noise_and_the_mean_at_high_noise
 def test_prototype_codes_condition_the_denoiser_and_their_prior_is_the_training_frequency():
     model = _kprotodiff()                                   # 2 bands x 2 prototypes: 4 joint codes
     windows = torch.randn(12, 8, 2)
-    codes = model.kpl.codes(windows, model.code_scale)
+    codes = model.kpl.codes(windows, model.code_scales)
     assert codes.shape == (12, 2) and codes.min() >= 0 and codes.max() < 2
     # the codes reach the network: different codes, different predictions; -1 / None is the null code
     with torch.no_grad():
@@ -242,6 +242,60 @@ def test_sampler_draws_the_codes_from_the_seed():
     drawn.clear()
     s.sample(5, 4, seed=3, cond=torch.zeros(5, 2, dtype=torch.long))    # a caller's cond: nothing drawn
     assert drawn == []
+
+
+def test_multi_scale_codes_place_each_snippet_prototype_in_time_and_draw_from_banked_training_codes():
+    model = KProtoDiff(2, 8, net=_net(), schedule=CosineSchedule(20), ema_decay=None, code_segments=[1, 4], prior_bank=5,
+                       prototypes=partial(KeyPrototypes, n_prototypes=2, segments=[1, 2, 4]))
+    windows = torch.randn(12, 8, 2)
+    codes = model.kpl.codes(windows, model.code_scales)
+    assert codes.shape == (12, 2 * (1 + 4))                                  # 2 bands x (1 whole + 4 quarters)
+    assert [off for _, _, off, _ in model.code_layout] == [0, 0, 2, 4, 6] * 2
+    # a quarter's token holds its prototype at its own two time steps (x 2 channels), zero elsewhere
+    tokens = model.context(codes[:3])
+    assert tokens.shape == (3, 10, model.kpl.placed_token_dim)
+    bank, i, off, _ = model.code_layout[3]                                       # band 0, third quarter
+    proto = model.kpl.unit_prototypes(0, 2)[codes[0, 3]]
+    torch.testing.assert_close(tokens[0, 3, off * 2:(off + 2) * 2], proto)
+    assert tokens[0, 3, :off * 2].abs().sum() == 0 and tokens[0, 3, (off + 2) * 2:16].abs().sum() == 0
+    # training writes the codes into a ring buffer; the prior draws only banked rows, the same for the same seed
+    model.train()
+    model.hparams.code_dropout = 0.0
+    model.training_condition(windows[:4])
+    model.training_condition(windows[4:7])
+    assert int(model.code_bank_seen) == 7
+    torch.testing.assert_close(model.code_bank.long(), torch.cat([codes[5:7], codes[2:5]]))   # slots 0-1 overwritten
+    model.fill_code_bank(windows[:3])                                         # when training ends: the training windows
+    drawn = model.draw_condition(20, torch.Generator().manual_seed(1))
+    assert all((row == codes[:3]).all(1).any() for row in drawn)
+    torch.testing.assert_close(drawn, model.draw_condition(20, torch.Generator().manual_seed(1)))
+    model.fill_code_bank(windows)                                             # more windows than the bank: a seeded subset
+    assert int(model.code_bank_seen) == 5 and all((row == codes).all(1).any() for row in model.code_bank.long())
+    with pytest.raises(ValueError, match=r"code_segments \[3\]"):
+        KProtoDiff(2, 8, net=_net(), code_segments=[3], prototypes=partial(KeyPrototypes, n_prototypes=2, segments=[1, 2]))
+
+
+def test_channelwise_prototypes_code_each_channel_and_its_token_sits_in_that_channel_only():
+    gen = torch.Generator().manual_seed(0)
+    kpl = KeyPrototypes(3, 8, n_prototypes=2, segments=[1, 2], band_edges=[], channelwise=True)
+    x = torch.randn(4, 8, 3, generator=gen)
+    assert kpl.bank(0, 0).shape == (2, 8, 1) and kpl.token_dim == 8 + 2
+    # with two prototypes equal to a window's own channel shapes, reconstruction of that window is exact
+    shape = (x[0] - x[0].mean(0)).T                                              # (3, 8): channel shapes
+    with torch.no_grad():
+        kpl.bank(0, 0).copy_(shape[:2].unsqueeze(-1))
+    kpl.temperature = 1e-4
+    rec = kpl.reconstruct(x[:1])[0, 0]
+    torch.testing.assert_close(rec[:, :2], x[0, :, :2], atol=1e-4, rtol=0)
+    model = KProtoDiff(3, 8, net=_net(), schedule=CosineSchedule(20), ema_decay=None, code_segments=[1],
+                       prototypes=partial(KeyPrototypes, n_prototypes=2, segments=[1, 2], band_edges=[], channelwise=True))
+    codes = model.kpl.codes(x, model.code_scales)
+    assert codes.shape == (4, 3) and model.code_layout == [(0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 0, 2)]
+    tokens = model.context(codes).view(4, 3, -1)[..., :24].reshape(4, 3, 8, 3)  # placed shapes (L, C) per position
+    for c in range(3):
+        torch.testing.assert_close(tokens[0, c, :, c], model.kpl.unit_prototypes(0, 0)[codes[0, c]])
+        assert tokens[0, c, :, [o for o in range(3) if o != c]].abs().sum() == 0
+    assert not model.whole_window_code and model.draw_condition(5, torch.Generator().manual_seed(0)).shape == (5, 3)
 
 
 def test_calibrated_pull_target_shrinks_only_residuals_larger_than_real_windows():

@@ -9,6 +9,9 @@ Shapes are ``(batch, length, channels)``.
   and a high band -- local shapes). The bands sum back to the window exactly (no mirrored bins).
 * **Scales**: each band is cut into ``segments`` non-overlapping snippets (1 = the whole window, 4 =
   quarters); every (band, scale) pair has its own bank of ``n_prototypes`` snippets ``(s, C)``.
+* **Channels**: a prototype spans all channels of a snippet (the default), or, with ``channelwise``, one
+  channel: univariate shapes that every channel's snippets are assigned to on their own (a 28-channel energy
+  window then has 28 codes per band instead of one).
 * **Adaptive assignment** (gain-shape): a snippet ``z`` minus its per-channel mean is matched to the unit-norm
   prototypes ``p_k`` by ``cos^2(z, p_k)``; the soft assignment is ``a = softmax(cos^2 / temperature)`` and the
   gain ``g_k = <z, p_k>``, so a prototype is a *shape* that windows reuse at their own level and amplitude.
@@ -52,13 +55,14 @@ class KeyPrototypes(nn.Module):
         segments: snippets per window for each scale; each must divide ``seq_len``.
         band_edges: band boundaries as fractions of the Nyquist frequency (``[]``: one band).
         temperature: of the soft assignment over ``cos^2`` (smaller = harder).
+        channelwise: univariate prototypes assigned per channel (see the module docstring).
         freq_weight, balance, diversity, sharpness: weights of the objective's terms.
         seed: initialisation of the prototypes (random normal; :meth:`init_from` replaces it with snippets).
     """
 
     def __init__(self, n_channels: int, seq_len: int, n_prototypes: int = 16, segments: list[int] | tuple[int, ...] = (1, 2, 4),
                  band_edges: list[float] | tuple[float, ...] = (0.25,), temperature: float = 0.05, freq_weight: float = 0.1,
-                 balance: float = 0.1, diversity: float = 0.1, sharpness: float = 0.01, seed: int = 0):
+                 balance: float = 0.1, diversity: float = 0.1, sharpness: float = 0.01, channelwise: bool = False, seed: int = 0):
         super().__init__()
         segments = [int(s) for s in segments]
         if n_prototypes < 1 or not segments:
@@ -69,6 +73,8 @@ class KeyPrototypes(nn.Module):
         if temperature <= 0:
             raise ValueError(f"KeyPrototypes temperature must be > 0, got {temperature}")
         self.n_channels, self.seq_len, self.n_prototypes = int(n_channels), int(seq_len), int(n_prototypes)
+        self.channelwise = bool(channelwise)
+        proto_channels = 1 if self.channelwise else self.n_channels
         self.segments = segments
         self.register_buffer("masks", band_masks(seq_len, list(band_edges)), persistent=False)
         self.temperature = float(temperature)
@@ -76,7 +82,7 @@ class KeyPrototypes(nn.Module):
                         "sharpness": float(sharpness)}
         gen = torch.Generator().manual_seed(int(seed))
         self.banks = nn.ParameterList(
-            nn.Parameter(torch.randn(n_prototypes, seq_len // s, n_channels, generator=gen))
+            nn.Parameter(torch.randn(n_prototypes, seq_len // s, proto_channels, generator=gen))
             for _ in range(self.n_bands) for s in segments)
 
     @property
@@ -96,10 +102,21 @@ class KeyPrototypes(nn.Module):
         return torch.stack([torch.fft.irfft(spec * m.view(1, -1, 1), n=x.shape[1], dim=1) for m in self.masks.to(x.dtype)])
 
     def _snippets(self, xb: torch.Tensor, n_seg: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean-removed snippets ``(B, n_seg, s * C)`` and their per-channel means ``(B, n_seg, 1, C)``."""
+        """Mean-removed snippets ``(B, n_seg, s * C)`` (channel-wise: ``(B, n_seg * C, s)``, snippet-major) and
+        their per-channel means ``(B, n_seg, 1, C)``."""
         z = xb.reshape(xb.shape[0], n_seg, xb.shape[1] // n_seg, xb.shape[2])
         mean = z.mean(dim=2, keepdim=True)
-        return (z - mean).flatten(2), mean
+        z = z - mean
+        if self.channelwise:
+            return z.transpose(2, 3).reshape(z.shape[0], -1, z.shape[2]), mean
+        return z.flatten(2), mean
+
+    def _unsnippet(self, rows: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`_snippets`: ``(B, n_seg, s, C)`` from snippet rows and means."""
+        b, n_seg, _, c = mean.shape
+        if self.channelwise:
+            return rows.view(b, n_seg, c, -1).transpose(2, 3) + mean
+        return rows.view(b, n_seg, -1, c) + mean
 
     def assign(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """For every bank: assignments ``a`` ``(B, n_seg, K)``, gains ``g``, and the band part's reconstruction."""
@@ -112,17 +129,53 @@ class KeyPrototypes(nn.Module):
                 gain = shape @ p.T                                                   # (B, n_seg, K)
                 energy = shape.pow(2).sum(-1, keepdim=True).clamp_min(1e-8)
                 a = torch.softmax(gain.pow(2) / energy / self.temperature, dim=-1)
-                recon = ((a * gain) @ p).view(*mean.shape[:2], -1, x.shape[2]) + mean  # (B, n_seg, s, C)
+                recon = self._unsnippet((a * gain) @ p, mean)                       # (B, n_seg, s, C)
                 out.append({"band": b, "scale": j, "a": a, "gain": gain, "recon": recon.reshape(x.shape)})
         return out
 
     @torch.no_grad()
-    def codes(self, x: torch.Tensor, scale: int) -> torch.Tensor:
-        """``(B, n_bands)`` hard assignments (prototype indices) of whole windows at scale index ``scale``
-        (a scale of one snippet per window): the discrete prototype code of each window, one per band."""
-        if self.segments[scale] != 1:
-            raise ValueError(f"KeyPrototypes.codes needs a whole-window scale (segments 1), scale {scale} has {self.segments[scale]}")
-        return torch.stack([p["a"][:, 0].argmax(-1) for p in self.assign(x) if p["scale"] == scale], dim=1)
+    def codes(self, x: torch.Tensor, scales: int | list[int] | tuple[int, ...]) -> torch.Tensor:
+        """``(B, P)`` hard assignments (prototype indices) of the snippets of ``x`` at the scale indices
+        ``scales``: the discrete prototype code of each window. Order: band-major, then the listed scales,
+        then the snippets in time (:meth:`code_layout`). A single whole-window scale gives one index per band."""
+        scales = [int(scales)] if isinstance(scales, int) else [int(j) for j in scales]
+        bad = [j for j in scales if not 0 <= j < len(self.segments)]
+        if bad or not scales:
+            raise ValueError(f"KeyPrototypes.codes: scale indices {scales} must lie in [0, {len(self.segments)})")
+        parts = {(p["band"], p["scale"]): p["a"] for p in self.assign(x)}
+        return torch.cat([parts[(b, j)].argmax(-1) for b in range(self.n_bands) for j in scales], dim=1)
+
+    def code_layout(self, scales: list[int] | tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+        """``(bank, snippet, offset, channel)`` of every position of :meth:`codes` ``(x, scales)``: the bank
+        index into :meth:`tokens` (``band * n_scales + scale``), the snippet's index in time, its first time
+        step, and its channel (-1: all channels, the joint prototypes)."""
+        layout = []
+        channels = range(self.n_channels) if self.channelwise else [-1]
+        for b in range(self.n_bands):
+            for j in scales:
+                s = self.seq_len // self.segments[j]
+                layout += [(b * len(self.segments) + j, i, i * s, c) for i in range(self.segments[j]) for c in channels]
+        return layout
+
+    def token_placement(self, scales: list[int] | tuple[int, ...]) -> torch.Tensor:
+        """``(P, L * C)`` gather index that writes each code position's prototype (a row of :meth:`tokens`,
+        padded with one zero at the end) at its own time steps and channels of a flattened ``(L, C)`` window;
+        every other entry points at the zero."""
+        zero = self.token_dim - self.n_bands * len(self.segments)          # the padded rows' zero entry
+        layout = self.code_layout(scales)
+        index = torch.full((len(layout), self.seq_len * self.n_channels), zero, dtype=torch.long)
+        for p, (bank, _, off, ch) in enumerate(layout):
+            s = self.seq_len // self.segments[bank % len(self.segments)]
+            for tau in range(s):
+                for c in ([ch] if ch >= 0 else range(self.n_channels)):
+                    source = tau if ch >= 0 else tau * self.n_channels + c      # the row is (s,) or (s, C) flattened
+                    index[p, (off + tau) * self.n_channels + c] = source
+        return index
+
+    @property
+    def placed_token_dim(self) -> int:
+        """Width of a placed token: the flattened window ``L * C`` plus the bank one-hot."""
+        return self.seq_len * self.n_channels + self.n_bands * len(self.segments)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """``(n_scales, B, L, C)``: the window rebuilt from its assigned prototypes at each scale."""
@@ -176,7 +229,7 @@ class KeyPrototypes(nn.Module):
         """``(n_banks * K, max_s * C)``: every unit prototype, zero-padded to the longest snippet (what a
         denoiser's context embedding reads), followed by the bank's one-hot (band, scale)."""
         rows = []
-        width = (self.seq_len // min(self.segments)) * self.n_channels
+        width = (self.seq_len // min(self.segments)) * (1 if self.channelwise else self.n_channels)
         n_banks = self.n_bands * len(self.segments)
         for b in range(self.n_bands):
             for j in range(len(self.segments)):
@@ -188,7 +241,7 @@ class KeyPrototypes(nn.Module):
 
     @property
     def token_dim(self) -> int:
-        return (self.seq_len // min(self.segments)) * self.n_channels + self.n_bands * len(self.segments)
+        return (self.seq_len // min(self.segments)) * (1 if self.channelwise else self.n_channels) + self.n_bands * len(self.segments)
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 3 or tuple(x.shape[1:]) != (self.seq_len, self.n_channels):
