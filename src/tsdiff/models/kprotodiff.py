@@ -96,6 +96,8 @@ class KProtoDiff(DiffusionTS):
         self.code_layout = kpl.code_layout(self.code_scales)
         # gather index writing each code position's prototype at its own time steps (and channel) of the token
         self.register_buffer("_placement", kpl.token_placement(self.code_scales), persistent=False)
+        self.register_buffer("_code_rows", torch.tensor([bank for bank, *_ in self.code_layout]) * kpl.n_prototypes,
+                             persistent=False)  # first row of each code position's bank in kpl.tokens()
         self.whole_window_code = code_segments == [1] and not kpl.channelwise
         # the prior draw_condition samples. Whole-window codes: running (decayed) counts of the joint codes of
         # the training windows. Multi-scale codes (too many joint cells to count): a bank of the codes of
@@ -132,8 +134,7 @@ class KProtoDiff(DiffusionTS):
         codes = torch.as_tensor(cond, device=tokens.device).long()
         if codes.ndim != 2 or codes.shape[1] != n_pos:
             raise ValueError(f"K-ProtoDiff cond must be prototype codes (B, {n_pos}), got shape {tuple(codes.shape)}")
-        banks = torch.tensor([layout[0] for layout in self.code_layout], device=codes.device)
-        rows = tokens[banks * self.kpl.n_prototypes + codes.clamp_min(0)]            # (B, P, D)
+        rows = tokens[self._code_rows + codes.clamp_min(0)]                          # (B, P, D)
         width = tokens.shape[1] - self.kpl.n_bands * len(self.kpl.segments)
         padded = torch.cat([rows[..., :width], rows.new_zeros(*rows.shape[:2], 1)], dim=-1)
         shapes = padded.gather(2, self._placement.expand(len(rows), -1, -1))
