@@ -296,6 +296,8 @@ def test_channelwise_prototypes_code_each_channel_and_its_token_sits_in_that_cha
         torch.testing.assert_close(tokens[0, c, :, c], model.kpl.unit_prototypes(0, 0)[codes[0, c]])
         assert tokens[0, c, :, [o for o in range(3) if o != c]].abs().sum() == 0
     assert not model.whole_window_code and model.draw_condition(5, torch.Generator().manual_seed(0)).shape == (5, 3)
+    with pytest.raises(ValueError, match="channelwise must be true or false"):
+        KeyPrototypes(3, 8, channelwise="yes")
 
 
 def test_calibrated_pull_target_shrinks_only_residuals_larger_than_real_windows():

@@ -73,6 +73,8 @@ class KeyPrototypes(nn.Module):
         if temperature <= 0:
             raise ValueError(f"KeyPrototypes temperature must be > 0, got {temperature}")
         self.n_channels, self.seq_len, self.n_prototypes = int(n_channels), int(seq_len), int(n_prototypes)
+        if channelwise not in (True, False):
+            raise ValueError(f"KeyPrototypes channelwise must be true or false, got {channelwise!r}")
         self.channelwise = bool(channelwise)
         proto_channels = 1 if self.channelwise else self.n_channels
         self.segments = segments
