@@ -36,6 +36,10 @@ def test_train_sample_with_reflection_and_evaluate(runs_dir, model, extra):
     # 5 steps: round(0.4 x 4) = 2 reflected transitions x 2 repeats = 4 extra network evaluations
     assert plain["sampling"]["network_evaluations"] == 5 and plain["sampling"]["solver"] == "ddim"
     assert refl["sampling"]["network_evaluations"] == 9 and refl["sampling"]["solver"] == "reflection"
+    if model == "kprotodiff":  # classifier-free guidance on the code, a sampling-time setting of the trained run
+        guided = sample_run(runs_dir, run_dir.name, "sampler=auto", "+model_settings.guidance_scale=1")
+        g, p = (np.load(Path(r["sample_dir"]) / "samples.npy") for r in (guided, plain))
+        assert g.shape == p.shape and np.isfinite(g).all() and np.abs(g - p).max() > 1e-4
     if "model.prior_bank=64" in extra:  # channel-wise, multi-scale codes: the prior bank was refilled when training ended
         state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
         assert int(state["code_bank_seen"]) == 64 and state["code_bank"].shape == (64, 2 * 5 * (1 + 2))

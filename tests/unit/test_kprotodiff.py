@@ -228,6 +228,22 @@ def test_prototype_codes_condition_the_denoiser_and_their_prior_is_the_training_
         KProtoDiff(2, 8, net=_net(), prototypes=partial(KeyPrototypes, n_prototypes=2, segments=[2, 4]))
 
 
+def test_guidance_on_the_code_extrapolates_from_the_null_code_and_zero_is_plain():
+    model = _kprotodiff().eval()
+    with torch.no_grad():
+        model.net.context_cond[-1].weight.normal_()
+        x, t, codes = torch.randn(3, 8, 2), torch.tensor([2, 9, 15]), torch.tensor([[0, 1], [1, 1], [1, 0]])
+        coded, null = model.denoise(x, t, codes), model.denoise(x, t, None)
+        model.guidance_scale = 1.5
+        torch.testing.assert_close(model.denoise(x, t, codes), coded + 1.5 * (coded - null))
+        torch.testing.assert_close(model.denoise(x, t, None), null)        # nothing to guide toward
+        model.guidance_scale = 0
+        torch.testing.assert_close(model.denoise(x, t, codes), coded, rtol=0, atol=0)
+    assert "guidance_scale" in model.sampling_settings
+    with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
+        model.guidance_scale = -0.5
+
+
 def test_sampler_draws_the_codes_from_the_seed():
     model = _kprotodiff().eval()
     model.code_counts.copy_(torch.tensor([1.0, 0.0, 3.0, 2.0]))

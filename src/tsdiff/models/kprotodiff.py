@@ -60,12 +60,17 @@ class KProtoDiff(DiffusionTS):
         code_segments: the scales (snippets per window) whose codes condition the denoiser; ``None``/``[1]``:
             one whole-window code per band.
         prior_bank: codes of training windows kept as the prior of multi-scale or channel-wise codes.
+        guidance_scale: classifier-free guidance on the code at sampling time, ``w >= 0`` (0: none, the
+            default); settable after training (``cmd/sample.py +model_settings.guidance_scale=w``).
     """
+
+    sampling_settings = ("guidance_scale",)
 
     def __init__(self, n_channels: int | None = None, max_len: int | None = None, *,
                  prototypes: Callable[..., nn.Module] | nn.Module | None = None, kpl_weight: float = 1.0,
                  init_prototypes: bool = True, code_dropout: float = 0.1, prior_decay: float = 0.99,
-                 code_segments: list[int] | tuple[int, ...] | None = None, prior_bank: int = 8192, **kwargs: Any):
+                 code_segments: list[int] | tuple[int, ...] | None = None, prior_bank: int = 8192,
+                 guidance_scale: float = 0.0, **kwargs: Any):
         if prototypes is None:
             raise ValueError("KProtoDiff needs prototypes= (tsdiff.nets.prototypes.KeyPrototypes with _partial_: true)")
         if kpl_weight < 0:
@@ -109,6 +114,7 @@ class KProtoDiff(DiffusionTS):
         # mean share of a training window's variance its prototype reconstruction leaves unexplained (set when
         # training ends, :meth:`calibrate`): how far R-Sampling may pull an estimate (NaN: not calibrated)
         self.register_buffer("residual_level", torch.tensor(float("nan")))
+        self.guidance_scale = guidance_scale
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # runs saved before the calibration existed: uncalibrated pull (the full prototype reconstruction)
@@ -140,6 +146,31 @@ class KProtoDiff(DiffusionTS):
         shapes = padded.gather(2, self._placement.expand(len(rows), -1, -1))
         rows = torch.cat([shapes, rows[..., width:]], dim=-1)
         return rows * (codes >= 0).all(dim=1).to(rows.dtype).view(-1, 1, 1)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """``x0_hat`` given the codes ``cond``; with ``guidance_scale`` w > 0, classifier-free guidance
+        ``(1 + w) x0(code) - w x0(null code)`` (Ho & Salimans 2022, on ``x0``, the network's output; the null
+        code is the one ``code_dropout`` trains). One network call on the doubled batch, so a guided step costs
+        two evaluations' compute (``network_evaluations`` counts calls)."""
+        w = self._guidance_scale
+        if w == 0.0 or cond is None:
+            return super().denoise(x, t, cond)
+        codes = torch.as_tensor(cond, device=x.device).long()
+        both = super().denoise(torch.cat([x, x]), torch.cat([t, t]), torch.cat([codes, torch.full_like(codes, -1)]))
+        coded, null = both.chunk(2)
+        return coded + w * (coded - null)
+
+    @property
+    def guidance_scale(self) -> float:
+        """Classifier-free guidance weight on the prototype code, ``w >= 0`` (0: none)."""
+        return self._guidance_scale
+
+    @guidance_scale.setter
+    def guidance_scale(self, value: float) -> None:
+        w = float(value)
+        if not w >= 0.0:
+            raise ValueError(f"KProtoDiff guidance_scale must be >= 0 (0 = no classifier-free guidance), got {value}")
+        self._guidance_scale = w
 
     def draw_condition(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` prototype codes ``(n, P)`` drawn from the training windows' codes (uniform before any training
