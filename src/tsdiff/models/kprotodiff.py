@@ -42,12 +42,13 @@ import torch
 from torch import nn
 
 from tsdiff.models.diffusion_ts import DiffusionTS
+from tsdiff.models.guidance import GuidanceScale
 from tsdiff.nets.prototypes import KeyPrototypes
 
 __all__ = ["KProtoDiff"]
 
 
-class KProtoDiff(DiffusionTS):
+class KProtoDiff(GuidanceScale, DiffusionTS):
     """Diffusion-TS + KPL. Extra args:
 
     Args:
@@ -63,8 +64,6 @@ class KProtoDiff(DiffusionTS):
         guidance_scale: classifier-free guidance on the code at sampling time, ``w >= 0`` (0: none, the
             default); settable after training (``cmd/sample.py +model_settings.guidance_scale=w``).
     """
-
-    sampling_settings = ("guidance_scale",)
 
     def __init__(self, n_channels: int | None = None, max_len: int | None = None, *,
                  prototypes: Callable[..., nn.Module] | nn.Module | None = None, kpl_weight: float = 1.0,
@@ -159,18 +158,6 @@ class KProtoDiff(DiffusionTS):
         both = super().denoise(torch.cat([x, x]), torch.cat([t, t]), torch.cat([codes, torch.full_like(codes, -1)]))
         coded, null = both.chunk(2)
         return coded + w * (coded - null)
-
-    @property
-    def guidance_scale(self) -> float:
-        """Classifier-free guidance weight on the prototype code, ``w >= 0`` (0: none)."""
-        return self._guidance_scale
-
-    @guidance_scale.setter
-    def guidance_scale(self, value: float) -> None:
-        w = float(value)
-        if not w >= 0.0:
-            raise ValueError(f"KProtoDiff guidance_scale must be >= 0 (0 = no classifier-free guidance), got {value}")
-        self._guidance_scale = w
 
     def draw_condition(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` prototype codes ``(n, P)`` drawn from the training windows' codes (uniform before any training

@@ -37,6 +37,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from tsdiff.diffusion.schedules import LinearSchedule, NoiseSchedule
+from tsdiff.models.guidance import GuidanceScale
 from tsdiff.nets.l2d import (
     ConditionalConvDenoiser,
     LatentConditionNet,
@@ -96,13 +97,12 @@ def _check(n_channels, seq_len, variant, stage_steps, mask_rate, cond_dropout) -
     return [s if i in need else 0 for i, s in enumerate(steps)]
 
 
-class L2DDiff(pl.LightningModule):
+class L2DDiff(GuidanceScale, pl.LightningModule):
     """Batches are ``{"x": (B, L, C)}`` windows. As a contract model it is the data branch:
     ``denoise(x, t, cond)`` with ``cond`` the standardized latent ``(B, d)`` (or ``{"r": ...}``, or None for
     the null code); :meth:`cascade_stages` gives the full two-stage sampler."""
 
     parameterization = "x0"
-    sampling_settings = ("guidance_scale",)  # `cmd/sample.py +model_settings.guidance_scale=w`
 
     def __init__(self, n_channels: int | None = None, max_len: int | None = None, *, latent_dim: int = 8,
                  variant: str = "full", stage_steps: tuple[int, int, int] = (1000, 1000, 2000), mask_rate: float = 0.5,
@@ -120,7 +120,6 @@ class L2DDiff(pl.LightningModule):
         self.variant, self.budget = variant, budget
         self.latent_schedule = latent_schedule or LinearSchedule(100, 1e-3, 0.2)
         self.schedule = data_schedule or LinearSchedule(100, 1e-3, 0.2)
-        self._guidance_scale = 0.0
         self.guidance_scale = guidance_scale
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))  # the init is a function of the seed, without touching the global RNG
@@ -167,18 +166,6 @@ class L2DDiff(pl.LightningModule):
                                   self.condition_net(torch.cat([r, self.null_code.expand_as(r)])))
         cond_out, null_out = both.chunk(2)
         return (1 + w) * cond_out - w * null_out
-
-    @property
-    def guidance_scale(self) -> float:
-        """Classifier-free guidance weight ``w >= 0`` of the data branch (0: none); settable after training."""
-        return self._guidance_scale
-
-    @guidance_scale.setter
-    def guidance_scale(self, value: float) -> None:
-        w = float(value)
-        if not w >= 0.0:
-            raise ValueError(f"guidance_scale must be >= 0 (0 = no classifier-free guidance), got {value}")
-        self._guidance_scale = w
 
     def cascade_stages(self) -> list[Stage]:
         """Latent stage then data stage (``c = r_0``); one stage for each ablation."""
