@@ -24,8 +24,16 @@ class GuidanceScale:
 
     @guidance_scale.setter
     def guidance_scale(self, value: float) -> None:
-        w = float(value)
+        try:
+            w = float(value)
+        except (TypeError, ValueError):
+            w = float("nan")
         if not w >= 0.0:
             raise ValueError(f"{type(self).__name__} guidance_scale must be >= 0 (0 = no classifier-free guidance), "
                              f"got {value}")
         self._guidance_scale = w
+
+    def guided(self, cond_out, null_out):
+        """``(1 + w) cond_out - w null_out``: the guided prediction from the conditional and null ones."""
+        w = self._guidance_scale
+        return (1 + w) * cond_out - w * null_out

@@ -151,13 +151,11 @@ class KProtoDiff(GuidanceScale, DiffusionTS):
         ``(1 + w) x0(code) - w x0(null code)`` (Ho & Salimans 2022, on ``x0``, the network's output; the null
         code is the one ``code_dropout`` trains). One network call on the doubled batch, so a guided step costs
         two evaluations' compute (``network_evaluations`` counts calls)."""
-        w = self._guidance_scale
-        if w == 0.0 or cond is None:
+        if self.guidance_scale == 0.0 or cond is None:
             return super().denoise(x, t, cond)
         codes = torch.as_tensor(cond, device=x.device).long()
         both = super().denoise(torch.cat([x, x]), torch.cat([t, t]), torch.cat([codes, torch.full_like(codes, -1)]))
-        coded, null = both.chunk(2)
-        return coded + w * (coded - null)
+        return self.guided(*both.chunk(2))
 
     def draw_condition(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` prototype codes ``(n, P)`` drawn from the training windows' codes (uniform before any training

@@ -164,8 +164,7 @@ class L2DDiff(GuidanceScale, pl.LightningModule):
             return self.data_denoiser(x, k, self.condition_net(r))
         both = self.data_denoiser(torch.cat([x, x]), torch.cat([k, k]),
                                   self.condition_net(torch.cat([r, self.null_code.expand_as(r)])))
-        cond_out, null_out = both.chunk(2)
-        return (1 + w) * cond_out - w * null_out
+        return self.guided(*both.chunk(2))
 
     def cascade_stages(self) -> list[Stage]:
         """Latent stage then data stage (``c = r_0``); one stage for each ablation."""
